@@ -414,7 +414,10 @@ def _train(args, resume_id, rank, world_size, device):
                               train_loss=step_loss, train_top1=100 * step_correct / args.batch_size)
                     bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{step_lr:.3g}")
             train_seconds = time.perf_counter() - started
-            metrics = evaluate(net, test_batches, autocast, world_size)
+            if world_size > 1:  # every rank evaluates (and rank 0 saves) rank 0's BatchNorm statistics
+                for buffer in model.buffers():
+                    dist.broadcast(buffer, src=0)
+            metrics = evaluate(model, test_batches, autocast, world_size)
             epoch_seconds = time.perf_counter() - started
             images_per_s = steps_per_epoch * args.batch_size / train_seconds
             best_top1 = max(best_top1, metrics["test_top1"])
@@ -468,4 +471,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # sweep.py imports `train`: let it find this module rather than load a second copy whose exception
+    # classes main() would not catch.
+    sys.modules.setdefault("train", sys.modules[__name__])
     main()

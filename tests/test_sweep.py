@@ -1,0 +1,186 @@
+"""sweep.py: configs, the grid, skip/resume on re-runs, command-line overrides, and a local Ray run (CPU)."""
+import json
+import os
+
+import pytest
+
+import sweep
+import tracking
+import train
+from conftest import write_tiny_cifar
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+@pytest.fixture(scope="module")
+def dataroot(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("tiny_cifar"))
+    write_tiny_cifar(root)
+    return root
+
+
+def tiny(dataroot, logroot, *extra):
+    # 200 training images: batch 50 -> 4 steps/epoch, batch 100 -> 2; width-8 ResNet18.
+    return ["--width", "8", "--epochs", "2", "--max_samples_per_gpu", "25", "--eval_batch_size", "100",
+            "--dataroot", dataroot, "--logroot", str(logroot), *extra]
+
+
+def write_config(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def result_rows(logroot, experiment, trial_id):
+    path = os.path.join(logroot, experiment, "trials", f"{trial_id}_result.json")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def trials_by_batch(logroot, experiment):
+    return {t["batch_size"]: t for t in tracking.list_trials(str(logroot), experiment)}
+
+
+def result_files(logroot, experiment):
+    folder = os.path.join(logroot, experiment, "trials")
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
+
+
+def test_grid_interrupted_resumed_then_skipped(dataroot, tmp_path, capsys, monkeypatch):
+    # The config says 200 epochs; --epochs 2 on the command line wins for every trial.
+    config = write_config(tmp_path / "grid.yaml", "optimizer: LARS\nepochs: 200\nbatch_size: [50, 100]\nlr: 0.05\n")
+    logroot = tmp_path / "logs"
+    train.main(["grid", "--config", config, *tiny(dataroot, logroot, "--stop_after_epoch", "1")])
+    out = capsys.readouterr().out
+    assert "2 trial(s)" in out and "batch_size=50: new" in out and "batch_size=100: new" in out
+    first = trials_by_batch(logroot, "grid")
+    assert sorted(first) == [50, 100]
+    assert all(t["finished"] is False and t["epochs"] == 2 and t["lr"] == 0.05 for t in first.values())
+    epoch1 = {b: [r for r in result_rows(logroot, "grid", t["trial_id"]) if r["kind"] == "epoch"]
+              for b, t in first.items()}
+    assert all([r["epoch"] for r in rows] == [1] for rows in epoch1.values())
+
+    # Re-run: both interrupted trials resume from their checkpoints and finish; no new trial.
+    train.main(["grid", "--config", config, *tiny(dataroot, logroot)])
+    out = capsys.readouterr().out
+    assert out.count("unfinished: resume") == 2 and "resuming after epoch 1" in out
+    done = trials_by_batch(logroot, "grid")
+    assert {b: t["trial_id"] for b, t in done.items()} == {b: t["trial_id"] for b, t in first.items()}
+    for batch, steps in ((50, 4), (100, 2)):
+        rows = result_rows(logroot, "grid", done[batch]["trial_id"])
+        epochs = [r for r in rows if r["kind"] == "epoch"]
+        assert done[batch]["finished"] is True
+        assert [r["epoch"] for r in epochs] == [1, 2]  # exactly one row per epoch
+        assert [r["iteration"] for r in rows if r["kind"] == "step"] == list(range(1, 2 * steps + 1))
+        assert epochs[0] == epoch1[batch][0]  # epoch 1 was not trained again
+        assert os.path.exists(os.path.join(logroot, "grid", done[batch]["trial_id"], "last.pt"))
+
+    # Re-run again: everything is finished, nothing trains, no file changes.
+    before = result_files(logroot, "grid")
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished trial was trained again")
+
+    monkeypatch.setattr(train, "train", no_training)
+    train.main(["grid", "--config", config, *tiny(dataroot, logroot)])
+    out = capsys.readouterr().out
+    assert out.count("already finished: skipped") == 2
+    assert result_files(logroot, "grid") == before
+
+
+def test_command_line_overrides_the_config(tmp_path):
+    config = write_config(tmp_path / "c.yaml", "epochs: 200\nbatch_size: [64, 256]\nlr: [0.1, 0.2]\nnesterov: true\n"
+                                                "lr_milestones: [[10, 20], [30]]\nweight_decay: 5e-4\n")
+    argv = ["exp", "--config", config, "--epochs", "3", "--lr", "0.05", "--logroot", str(tmp_path / "logs")]
+    args = train.make_parser().parse_args(argv)
+    entries = sweep.plan(config, args, train.explicit_flags(argv))
+    # --lr collapses the lr axis: 2 batch sizes x 2 milestone lists remain, in file order (last axis fastest).
+    points = [(a.batch_size, a.lr_milestones) for _, a, _ in entries]
+    assert points == [(64, [10, 20]), (64, [30]), (256, [10, 20]), (256, [30])]
+    for _, a, existing in entries:
+        assert a.epochs == 3 and a.lr == 0.05 and a.nesterov is True and existing is None
+        assert a.weight_decay == 5e-4  # YAML reads 5e-4 as a string; converted like the command line
+    assert [label for label, _, _ in entries][0] == "batch_size=64, lr_milestones=[10, 20]"
+
+
+def test_shipped_configs_expand(tmp_path):
+    for name, n in (("seed_table.yaml", 5), ("lars_tuned.yaml", 5), ("sgd_baseline.yaml", 1)):
+        path = os.path.join(CONFIGS, name)
+        argv = ["exp", "--config", path, "--logroot", str(tmp_path)]
+        entries = sweep.plan(path, train.make_parser().parse_args(argv), train.explicit_flags(argv))
+        assert len(entries) == n
+    axes = sweep.load_config(os.path.join(CONFIGS, "seed_table.yaml"))
+    assert axes["batch_size"] == [64, 256, 1024, 4096, 16384]
+    assert (axes["optimizer"], axes["lr"], axes["eta"], axes["momentum"], axes["weight_decay"], axes["poly_power"],
+            axes["epochs"], axes["max_samples_per_gpu"]) == (["LARS"], [0.1], [0.001], [0.9], [5e-4], [2.0], [200], [512])
+    sgd = sweep.load_config(os.path.join(CONFIGS, "sgd_baseline.yaml"))
+    assert sgd["optimizer"] == ["SGD"] and sgd["batch_size"] == [128] and sgd["schedule"] == ["geometric"]
+
+
+@pytest.mark.parametrize("text, key, words", [
+    ("batch_size: [64]\nlearning_rate: 0.1\n", "learning_rate", "not a train.py flag"),
+    ("config: other.yaml\n", "config", "command line"),
+    ("experimentname: x\n", "experimentname", "command line"),
+    ("logroot: /tmp/x\n", "logroot", "command line"),
+    ("batch_size: [64, big]\n", "batch_size", "integer"),
+    ("batch_size: 6.5\n", "batch_size", "integer"),
+    ("lr: fast\n", "lr", "number"),
+    ("nesterov: 1\n", "nesterov", "true or false"),
+    ("optimizer: Adam\n", "optimizer", "one of LARS, SGD"),
+    ("optimizer: [LARS, Adam]\n", "optimizer", "one of LARS, SGD"),
+    ("lr_milestones: [[10], [x]]\n", "lr_milestones", "integers"),
+    ("batch_size: []\n", "batch_size", "empty grid"),
+    ("batch_size: [64, 64]\n", "batch_size", "repeats"),
+    ("warmup_epochs: [1, 500]\nepochs: 10\n", "warmup_epochs", "grid point"),
+])
+def test_config_errors_name_the_file_and_key(tmp_path, capsys, text, key, words):
+    config = write_config(tmp_path / "bad.yaml", text)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["exp", "--config", config, "--logroot", str(tmp_path / "logs")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.count("\n") == 1 and err.startswith(f"train.py: error: {config}: ")
+    assert key in err and words in err
+    assert not os.path.exists(tmp_path / "logs")  # nothing ran
+
+
+@pytest.mark.parametrize("text, words", [(None, "cannot read"), ("- a\n- b\n", "mapping"), ("a: [1\n", "YAML"),
+                                         ("", "mapping")])
+def test_unreadable_configs_name_the_file(tmp_path, capsys, text, words):
+    path = tmp_path / "c.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["exp", "--config", str(path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"train.py: error: {path}: ") and words in err
+
+
+def test_ray_local_runs_the_grid_and_names_a_failed_trial(dataroot, tmp_path, capsys, monkeypatch):
+    # Two trials that finish and one that diverges, on a private local Ray instance (2 CPUs here).
+    config = write_config(tmp_path / "ray.yaml", "optimizer: SGD\nbatch_size: 50\nlr: [0.1, 0.05, 1.0e+9]\n")
+    logroot = tmp_path / "logs"
+    monkeypatch.chdir(tmp_path)  # relative paths must reach the workers as absolute ones
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["raysweep", "--config", config, "--ray", "local",
+                    *tiny(dataroot, os.path.relpath(logroot, tmp_path))])
+    captured = capsys.readouterr()
+    # Ray forwards its workers' stderr to ours whenever it likes: find our error line among theirs.
+    errors = [line for line in captured.err.splitlines() if line.startswith("train.py: error:")]
+    assert exit_info.value.code == 1, captured.err[-3000:]
+    assert len(errors) == 1, captured.err[-3000:]
+    assert errors[0].startswith("train.py: error: 1 of 3 Ray trial(s) failed: lr=1000000000.0: training loss is")
+    trials = {t["lr"]: t for t in tracking.list_trials(str(logroot), "raysweep")}
+    assert set(trials) == {0.1, 0.05, 1e9}
+    for lr in (0.1, 0.05):
+        assert trials[lr]["finished"] is True
+        assert [r["epoch"] for r in result_rows(logroot, "raysweep", trials[lr]["trial_id"])
+                if r["kind"] == "epoch"] == [1, 2]
+        assert trials[lr]["git_repo"] != "unknown"  # the worker ran in the project, not in Ray's folder
+    assert trials[1e9]["finished"] is False
+    assert os.path.isdir(logroot / "raysweep" / "ray") and not os.path.exists(tmp_path / "raydata")
+
+    # Without Ray, the same command skips the two finished trials (only the diverged one would run again).
+    argv = ["raysweep", "--config", config, *tiny(dataroot, logroot)]
+    entries = sweep.plan(config, train.make_parser().parse_args(argv), train.explicit_flags(argv))
+    assert [(e or {}).get("finished") for _, _, e in entries] == [True, True, False]
