@@ -23,6 +23,12 @@ import skeletor.launcher
 import track
 from track.constants import CONFIG_SUFFIX, METADATA_FOLDER, RESULT_SUFFIX
 
+# track echoes its debug log ("(re)initilized logging") to stdout unless a stdout handler already exists:
+# install a quiet one. Its log.txt in each trial folder still gets everything.
+_quiet_stdout = track.log.StdoutHandler()
+_quiet_stdout.setLevel(logging.WARNING)
+logging.getLogger("track").addHandler(_quiet_stdout)
+
 # skeletor's ray/S3 launcher arguments: accepted for compatibility, unused, hidden from --help.
 LAUNCHER_ARGS = ("self_host", "cpu", "port", "server_port", "devices_per_trial", "s3")
 
