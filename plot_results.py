@@ -124,7 +124,7 @@ def read_experiment(path):
             "final_top1": float(epochs[-1]["test_top1"]) if epochs else None,
             "best_top1": max(float(r["test_top1"]) for r in epochs) if epochs else None,
             "wall_seconds": sum(float(r.get("epoch_seconds", 0.0)) for r in epochs),
-            "arch": params.get("arch"), "dataset": params.get("dataset"),
+            "arch": params.get("arch"), "dataset": params.get("dataset"), "params": params,
         })
     if not any(t["epoch"] for t in out):
         raise ResultsError(f"{path}: no results yet (none of its {len(out)} trial(s) has completed an epoch)")
@@ -155,13 +155,30 @@ def seed_number(trial):
     return "—"
 
 
+# Param-map entries that differ between any two trials without describing what they compute.
+BOOKKEEPING = {"trial_id", "start_time", "end_time", "git_repo", "git_hash", "git_pretty", "invocation",
+               "max_iteration", "trial_completed", "finished", "resume", "stop_after_epoch"}
+
+
+def _settings(trials):
+    """Per trial, 'flag=value' for the arguments that tell it apart from its experiment's other trials
+    of the same optimizer and batch size ('' where there are none)."""
+    groups = {}
+    for t in trials:
+        groups.setdefault((t["experiment"], t["optimizer"], t["batch_size"]), []).append(t)
+    settings = {}
+    for group in groups.values():
+        keys = sorted({k for t in group for k in t["params"] if k not in BOOKKEEPING
+                       and len({json.dumps(u["params"].get(k), sort_keys=True) for u in group}) > 1})
+        for t in group:
+            settings[id(t)] = ", ".join(f"{k}={t['params'].get(k)}" for k in keys)
+    return settings
+
+
 def _labeller(trials):
     several_exps = len({t["experiment"] for t in trials}) > 1
     several_opts = len({t["optimizer"] for t in trials}) > 1
-    counts = {}
-    for t in trials:
-        key = (t["experiment"], t["optimizer"], t["batch_size"])
-        counts[key] = counts.get(key, 0) + 1
+    settings = _settings(trials)
 
     def label(t):
         text = f"batch {t['batch_size']}"
@@ -169,8 +186,8 @@ def _labeller(trials):
             text += f" {t['optimizer']}"
         if several_exps:
             text += f" [{t['experiment']}]"
-        if counts[(t["experiment"], t["optimizer"], t["batch_size"])] > 1:
-            text += f" ({t['trial_id']})"
+        if settings[id(t)]:
+            text += f" ({settings[id(t)]})"
         if not t["finished"]:
             text += f" (partial {t['epochs_done']}/{t['epochs_planned']})"
         return text
@@ -279,16 +296,18 @@ def table(trials, title):
              "epochs; wall time = sum of the logged epoch times (training + evaluation). Seed = the seed's "
              "published number for the same batch size (LARS, 200 epochs; SGD from the seed's text), for "
              "comparison only. A partial trial is still running or was stopped early.", "",
-             "| experiment | batch size | optimizer | final top-1 (%) | best top-1 (%) | epochs | wall time | "
-             "seed top-1 (%) |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| experiment | batch size | optimizer | setting | final top-1 (%) | best top-1 (%) | epochs | "
+             "wall time | seed top-1 (%) |",
+             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    settings = _settings(trials)
     for t in trials:
         final = f"{t['final_top1']:.2f}" if t["final_top1"] is not None else "—"
         if not t["finished"]:
             final += f" (partial: {t['epochs_done']}/{t['epochs_planned']} epochs)"
         best = f"{t['best_top1']:.2f}" if t["best_top1"] is not None else "—"
         wall = _duration(t["wall_seconds"]) if t["epoch"] else "—"
-        lines.append(f"| {t['experiment']} | {t['batch_size']} | {t['optimizer']} | {final} | {best} | "
+        lines.append(f"| {t['experiment']} | {t['batch_size']} | {t['optimizer']} | {settings[id(t)] or '—'} | "
+                     f"{final} | {best} | "
                      f"{t['epochs_done']}/{t['epochs_planned']} | {wall} | {seed_number(t)} |")
     return "\n".join(lines) + "\n"
 

@@ -155,3 +155,14 @@ def test_folder_without_results_is_one_line_error(logs, tmp_path, capsys, make):
     err = capsys.readouterr().err
     assert exit_info.value.code != 0 and err.count("\n") == 1 and err.startswith(f"plot_results.py: error: {folder}: ")
     assert os.listdir(out) == ["keep.txt"]  # nothing written, even for the readable folder
+
+
+def test_trials_sharing_a_batch_size_are_told_apart_by_what_differs():
+    def trial(trial_id, micro, experiment="ghost"):
+        params = {"trial_id": trial_id, "start_time": trial_id, "batch_size": 2048, "optimizer": "LARS",
+                  "max_samples_per_gpu": micro, "lr": 0.1}
+        return {"experiment": experiment, "optimizer": "LARS", "batch_size": 2048, "params": params}
+
+    trials = [trial("a", 128), trial("b", 2048), trial("c", 512, experiment="other")]
+    settings = plot_results._settings(trials)
+    assert [settings[id(t)] for t in trials] == ["max_samples_per_gpu=128", "max_samples_per_gpu=2048", ""]
