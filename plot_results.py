@@ -291,24 +291,26 @@ def _duration(seconds):
 
 
 def table(trials, title):
+    settings = _settings(trials)
+    with_setting = any(settings.values())  # a "setting" column only where trials need telling apart
+    columns = ["experiment", "batch size", "optimizer"] + (["setting"] if with_setting else []) + [
+        "final top-1 (%)", "best top-1 (%)", "epochs", "wall time", "seed top-1 (%)"]
     lines = [f"# {title}: results", "",
              "Final = test top-1 after the last completed epoch; best = highest test top-1 over the completed "
              "epochs; wall time = sum of the logged epoch times (training + evaluation). Seed = the seed's "
              "published number for the same batch size (LARS, 200 epochs; SGD from the seed's text), for "
              "comparison only. A partial trial is still running or was stopped early.", "",
-             "| experiment | batch size | optimizer | setting | final top-1 (%) | best top-1 (%) | epochs | "
-             "wall time | seed top-1 (%) |",
-             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    settings = _settings(trials)
+             "| " + " | ".join(columns) + " |",
+             "| " + " | ".join("---" if c in ("experiment", "optimizer", "setting") else "---:" for c in columns) + " |"]
     for t in trials:
         final = f"{t['final_top1']:.2f}" if t["final_top1"] is not None else "—"
         if not t["finished"]:
             final += f" (partial: {t['epochs_done']}/{t['epochs_planned']} epochs)"
         best = f"{t['best_top1']:.2f}" if t["best_top1"] is not None else "—"
         wall = _duration(t["wall_seconds"]) if t["epoch"] else "—"
-        lines.append(f"| {t['experiment']} | {t['batch_size']} | {t['optimizer']} | {settings[id(t)] or '—'} | "
-                     f"{final} | {best} | "
-                     f"{t['epochs_done']}/{t['epochs_planned']} | {wall} | {seed_number(t)} |")
+        cells = [t["experiment"], t["batch_size"], t["optimizer"]] + ([settings[id(t)] or "—"] if with_setting else [])
+        cells += [final, best, f"{t['epochs_done']}/{t['epochs_planned']}", wall, seed_number(t)]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

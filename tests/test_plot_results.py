@@ -161,8 +161,13 @@ def test_trials_sharing_a_batch_size_are_told_apart_by_what_differs():
     def trial(trial_id, micro, experiment="ghost"):
         params = {"trial_id": trial_id, "start_time": trial_id, "batch_size": 2048, "optimizer": "LARS",
                   "max_samples_per_gpu": micro, "lr": 0.1}
-        return {"experiment": experiment, "optimizer": "LARS", "batch_size": 2048, "params": params}
+        return {"experiment": experiment, "optimizer": "LARS", "batch_size": 2048, "params": params,
+                "final_top1": 10.0, "best_top1": 11.0, "finished": True, "epochs_done": 1, "epochs_planned": 1,
+                "epoch": [1], "wall_seconds": 3.0}
 
     trials = [trial("a", 128), trial("b", 2048), trial("c", 512, experiment="other")]
     settings = plot_results._settings(trials)
     assert [settings[id(t)] for t in trials] == ["max_samples_per_gpu=128", "max_samples_per_gpu=2048", ""]
+    rows = [line for line in plot_results.table(trials, "t").splitlines() if line.startswith("| ")]
+    assert "| setting |" in rows[0] and "| max_samples_per_gpu=128 |" in rows[2]
+    assert "setting" not in plot_results.table(trials[2:], "t")
