@@ -2,6 +2,9 @@
 
 Unlike the ImageNet variant, the stem is a single 3x3 stride-1 convolution
 with no max-pool, so the first stage still sees the full 32x32 image.
+ResNet18/34/50 have the ImageNet nets' four stages; ResNet8/20 are the paper's
+three-stage CIFAR nets (Section 4.2), here with projection shortcuts where the
+shape changes (its option B) rather than zero-padded identities (option A).
 """
 
 import torch
@@ -35,6 +38,11 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut = _projection(in_channels, out_channels, stride)
 
+    @property
+    def residual_bn(self) -> nn.BatchNorm2d:
+        """The BatchNorm that ends the residual branch."""
+        return self.bn2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -55,6 +63,11 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.shortcut = _projection(in_channels, out_channels, stride)
 
+    @property
+    def residual_bn(self) -> nn.BatchNorm2d:
+        """The BatchNorm that ends the residual branch."""
+        return self.bn3
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         out = torch.relu(self.bn2(self.conv2(out)))
@@ -63,12 +76,15 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Four stages of `blocks_per_stage` blocks with channels width, 2w, 4w, 8w."""
+    """One stage per entry of `blocks_per_stage`, with channels width, 2w, 4w, ...
+
+    Every stage after the first halves the resolution in its first block.
+    """
 
     def __init__(
         self,
         block: type[BasicBlock] | type[Bottleneck],
-        blocks_per_stage: tuple[int, int, int, int],
+        blocks_per_stage: tuple[int, ...],
         num_classes: int,
         width: int,
     ) -> None:
@@ -106,3 +122,11 @@ def ResNet34(num_classes: int = 10, width: int = 64) -> ResNet:
 
 def ResNet50(num_classes: int = 10, width: int = 64) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, width)
+
+
+def ResNet8(num_classes: int = 10, width: int = 16) -> ResNet:
+    return ResNet(BasicBlock, (1, 1, 1), num_classes, width)
+
+
+def ResNet20(num_classes: int = 10, width: int = 16) -> ResNet:
+    return ResNet(BasicBlock, (3, 3, 3), num_classes, width)
