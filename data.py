@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("cifar10", "cifar100")
+from config import DATASETS
+
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 # The seed script's constants (CIFAR-10 statistics), used for CIFAR-100 too unless passed explicitly.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -162,7 +163,8 @@ class TrainBatches:
     How an epoch is cut: every epoch draws a fresh permutation of the N samples and uses its first
     steps_per_epoch * batch_size = (N // batch_size) * batch_size entries; the remaining N mod batch_size
     samples are dropped for that epoch (different ones each epoch), so every step has exactly batch_size
-    samples. Rank r of world_size takes the contiguous slice [r*b, (r+1)*b), b = batch_size/world_size,
+    samples. With keep_last=True (the seed's loader) they form a short last step instead: ceil(N / batch_size)
+    steps, the last with N mod batch_size samples (one rank only). Rank r of world_size takes the contiguous slice [r*b, (r+1)*b), b = batch_size/world_size,
     of each global batch: the ranks' shares concatenated in rank order are the single-process batch.
 
     Randomness: the permutation, crop offsets and flips of a whole epoch come from a CPU generator seeded
@@ -175,9 +177,11 @@ class TrainBatches:
     """
 
     def __init__(self, x, y, batch_size, *, seed, device=None, mean=CIFAR_MEAN, std=CIFAR_STD, rank=0,
-                 world_size=1, channels_last=False):
+                 world_size=1, channels_last=False, keep_last=False):
         _check_images(x, y)
         _check_rank(rank, world_size)
+        if keep_last and world_size > 1:
+            raise DataError("a short last step (keep_last) runs on one rank only")
         if not 1 <= batch_size <= len(x):
             raise DataError(f"batch_size {batch_size} must be between 1 and the training set size {len(x)}")
         if batch_size % world_size:
@@ -190,10 +194,13 @@ class TrainBatches:
         self.rank = rank
         self.world_size = world_size
         self.channels_last = channels_last
+        self.keep_last = keep_last
         self.normalise = _Normalise(mean, std, self.device)
 
     @property
     def steps_per_epoch(self):
+        if self.keep_last:
+            return -(-len(self.images) // self.batch_size)
         return len(self.images) // self.batch_size
 
     def epoch(self, epoch):

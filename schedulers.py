@@ -16,6 +16,10 @@ so step 0 gives warmup_start_lr and step W gives the peak. Afterwards:
 poly and cosine are exactly end_lr from t = T on, so running past the planned
 length never makes the lr rise again. step and geometric use end_lr only as a
 floor, and count epochs from the start of training, warmup included.
+
+With `per_epoch=True` the lr changes only at epoch boundaries (a staircase): every step of an epoch gets the
+lr of its first step, t = epoch * steps_per_epoch. Poly without warmup then gives the seed's
+lr_e = peak * (1 - e/E)**power for all steps of epoch e.
 """
 
 import math
@@ -23,8 +27,7 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-SCHEDULES = ("poly", "cosine", "step", "geometric")
-LR_SCALING_RULES = ("none", "linear", "sqrt")
+from config import SCHEDULES
 
 
 class WarmupSchedule(LRScheduler):
@@ -45,7 +48,9 @@ class WarmupSchedule(LRScheduler):
         power: float,
         gamma: float,
         milestones: tuple[int, ...],
+        per_epoch: bool = False,
     ) -> None:
+        self.per_epoch = per_epoch
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
         self.warmup_steps = warmup_steps
@@ -61,6 +66,8 @@ class WarmupSchedule(LRScheduler):
         return [self._lr(peak, self.last_epoch) for peak in self.base_lrs]
 
     def _lr(self, peak: float, step: int) -> float:
+        if self.per_epoch:
+            step -= step % self.steps_per_epoch
         if step < self.warmup_steps:
             ramp = step / self.warmup_steps
             return self.warmup_start_lr + (peak - self.warmup_start_lr) * ramp
@@ -122,6 +129,7 @@ def make_scheduler(
     power: float = 2.0,
     gamma: float = 0.1,
     milestones: tuple[int, ...] | list[int] = (),
+    per_epoch: bool = False,
 ) -> LRScheduler:
     """Build `schedule` (one of SCHEDULES) over `total_steps` optimizer steps."""
     if schedule not in _SCHEDULE_CLASSES:
@@ -163,24 +171,6 @@ def make_scheduler(
         power=power,
         gamma=gamma,
         milestones=milestones,
+        per_epoch=per_epoch,
     )
 
-
-def scale_lr(base_lr: float, batch_size: int, base_batch_size: int, rule: str) -> float:
-    """lr for `batch_size` given `base_lr` tuned at `base_batch_size`.
-
-    "linear" is Goyal et al. 2017, "sqrt" is Krizhevsky 2014, "none" keeps base_lr.
-    """
-    if rule not in LR_SCALING_RULES:
-        choices = ", ".join(LR_SCALING_RULES)
-        raise ValueError(f"unknown rule {rule!r}: choose one of {choices}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if base_batch_size < 1:
-        raise ValueError(f"base_batch_size must be >= 1, got {base_batch_size}")
-    ratio = batch_size / base_batch_size
-    if rule == "linear":
-        return base_lr * ratio
-    if rule == "sqrt":
-        return base_lr * math.sqrt(ratio)
-    return base_lr

@@ -1,139 +1,89 @@
-"""Run a YAML config's grid of trials, one after another or on a Ray cluster (`train.py --config`).
+"""Run a YAML config's grid of trials: in turn, several at once, or on a Ray cluster (`train.py --config`).
 
     python train.py --config configs/seed_table.yaml --cuda seed_table            # every grid point, in turn
     python train.py --config configs/seed_table.yaml --epochs 2 smoke             # command-line flags win
+    python train.py --config configs/cpu_study/x.yaml --trials_per_gpu 2 x        # two trials at a time
     python train.py --config configs/seed_table.yaml --cuda --ray auto seed_table # on a running Ray cluster
 
-A config maps train.py's flags (argparse dests: `batch_size`, `optimizer`, ...) to values. A list is a grid
-axis, except for a flag that takes a list itself (`lr_milestones`): there a list of lists is the axis and a
-plain list is one value. The grid is the cartesian product of the axes in the file's order (the last axis
-varies fastest). A config says what the trials compute; where and how they run (`--logroot`, `--dataroot`,
-`--cuda`, `--eval_batch_size`, `--ray`, ...) is given on the command line, and any flag given on the command
-line overrides the config for every trial (e.g. `--epochs 2` for a smoke run).
+A config maps recipe flags (`batch_size`, `optimizer`, ...) to values. A list is a grid axis, except for a
+flag that takes a list itself (`lr_milestones`): there a list of lists is the axis and a plain list is one
+value. The grid is the cartesian product of the axes in the file's order (the last axis varies fastest).
+Where and how trials run (`--logroot`, `--cuda`, ...) is given on the command line, and any flag given on the
+command line overrides the config for every trial (e.g. `--epochs 2` for a smoke run).
 
 All trials go into one experiment. Re-running the same command skips the finished trials and resumes the
-unfinished ones from their checkpoints: a grid point is the trial whose logged arguments have the same
-`train.recipe` (everything but the runtime arguments), so nothing is trained twice and nothing is lost.
+unfinished ones from their checkpoints: a grid point is the trial whose logged recipe is the same.
 
-`--ray` runs the trials through Ray Tune, one trial per worker with 1 CPU and `--gpus_per_trial` GPUs (with
-`--cuda`): `--ray auto` or `--ray HOST:PORT` joins a running cluster (`ray start --head` on the head node;
-every node must see this directory, the data and the logroot at the same absolute paths), `--ray local`
-starts a private Ray instance on this machine for the sweep's duration. Ray's own records go under
-LOGROOT/EXPERIMENT/ray/; the results are the same track files as without Ray.
+`--trials_per_gpu N` runs up to N trials at once, each in its own process (small-batch trials alone leave a
+GPU idle). `--ray` runs them through Ray Tune, one trial per worker with 1 CPU and `--gpus_per_trial` GPUs:
+`--ray auto` or `--ray HOST:PORT` joins a running cluster (every node must see this directory, the data and
+the logroot at the same absolute paths), `--ray local` starts a private Ray instance for the sweep's duration.
 """
-import argparse
-import copy
+import concurrent.futures
+import dataclasses
 import itertools
+import multiprocessing
 import os
 import sys
 import time
 
 import yaml
 
+import config
 import data
-import tracking
-import train
+import store
+import trainer
 
 PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
-# Keys a config may not hold: they say where or how trials run (give them on the command line), or they
-# would break the sweep (`resume`: the sweep resumes by itself; `config`, `experimentname`).
-FORBIDDEN_KEYS = set(train.RUNTIME_ARGS)
-# Errors a trial reports that train.main turns into a one-line message (matched by name across processes).
-TRIAL_ERRORS = {"UsageError": train.UsageError, "CheckpointError": train.CheckpointError,
-                "Diverged": train.Diverged, "DataError": data.DataError}
+# Errors a trial reports as one line; matched by name when they come back from another process.
+TRIAL_ERRORS = {cls.__name__: cls for cls in (config.UsageError, store.StoreError, store.CheckpointError,
+                                             trainer.Diverged, data.DataError)}
 
 
-class ConfigError(train.UsageError):
+class ConfigError(config.UsageError):
     """A config file that cannot be read or holds a bad key or value; names the file and the key."""
 
 
 # ---------------------------------------------------------------- the config
 
-def _actions():
-    """argparse dest -> action, for train.py's parser."""
-    return {a.dest: a for a in train.make_parser()._actions if a.dest != "help"}
-
-
-def _describe(action):
-    if action.nargs == 0:
-        return "true or false"
-    kind = {int: "an integer", float: "a number", None: "a string", str: "a string"}.get(action.type, "a value")
-    if action.choices is not None:
-        kind = "one of " + ", ".join(map(str, action.choices))
-    if action.nargs in ("+", "*"):
-        kind = f"a list of {kind.replace('an integer', 'integers').replace('a number', 'numbers')}"
-    return kind
-
-
-def _check_scalar(path, key, action, value):
-    """The value as argparse would have made it from the command line, or a ConfigError."""
-    if value is None and action.default is None:
-        return None
-    if action.nargs == 0:  # store_true
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: {key}: expected true or false, got {value!r}")
-    bad = ConfigError(f"{path}: {key}: expected {_describe(action)}, got {value!r}")
-    if isinstance(value, (bool, list, dict)) or value is None:
-        raise bad
-    kind = action.type or str
-    if isinstance(value, str):
-        try:  # as on the command line (YAML reads `5e-4`, without a dot, as a string)
-            value = kind(value)
-        except (TypeError, ValueError):
-            raise bad from None
-    elif kind is int:
-        if not isinstance(value, int):
-            raise bad
-    elif kind is float:
-        if not isinstance(value, (int, float)):
-            raise bad
-        value = float(value)
-    elif kind is str:
-        raise bad  # a number where a string (a choice) is expected
-    if action.choices is not None and value not in action.choices:
-        raise bad
-    return value
-
-
-def _check_value(path, key, action, value):
-    if action.nargs in ("+", "*"):
-        if value is None and action.default is None:
-            return None
-        if not isinstance(value, list) or (action.nargs == "+" and not value):
-            raise ConfigError(f"{path}: {key}: expected {_describe(action)}, got {value!r}")
-        return [_check_scalar(path, key, action, v) for v in value]
-    return _check_scalar(path, key, action, value)
+def _typed(path, key, value):
+    """One value of `key` as the command line would have made it, or a ConfigError naming file and key."""
+    scalar, takes_list, _ = config.field_kind(key)
+    try:
+        if isinstance(value, str) and scalar in (int, float):  # YAML reads `5e-4`, without a dot, as a string
+            value = config.parse_value(key, value)
+        elif takes_list and isinstance(value, list):
+            value = [config.parse_value(key, v) if isinstance(v, str) else v for v in value]
+            value = tuple(v[0] if isinstance(v, tuple) else v for v in value)
+        return config.check_value(key, value)
+    except config.UsageError as e:
+        raise ConfigError(f"{path}: {key}: {str(e).split(': ', 1)[1]}") from None
 
 
 def load_config(path):
-    """The config as {dest: [values]} (one value for a fixed key, several for a grid axis), checked."""
+    """The config as {name: [values]} (one value for a fixed key, several for a grid axis), checked."""
     try:
         with open(path) as f:
-            config = yaml.safe_load(f)
+            raw = yaml.safe_load(f)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of train.py flags to values, "
-                          f"got {type(config).__name__}")
-    if not config:
-        raise ConfigError(f"{path}: the config is empty")
-    actions = _actions()
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{path}: a config must be a mapping of recipe flags to values, got "
+                          f"{'nothing' if not raw else type(raw).__name__}")
     axes = {}
-    for key, value in config.items():
-        if not isinstance(key, str) or key not in actions:
-            raise ConfigError(f"{path}: {key}: not a train.py flag")
-        if key in FORBIDDEN_KEYS:
+    for key, value in raw.items():
+        if key in config.RUNTIME_KEYS:
             raise ConfigError(f"{path}: {key}: says where or how trials run, not what they compute; "
                               f"give --{key} on the command line, not in a config")
-        action = actions[key]
-        takes_list = action.nargs in ("+", "*")
+        if not isinstance(key, str) or key not in config.RECIPE_KEYS:
+            raise ConfigError(f"{path}: {key}: not a train.py flag")
+        takes_list = config.field_kind(key)[1]
         is_axis = isinstance(value, list) and (not takes_list or (value and all(isinstance(v, list) for v in value)))
         if isinstance(value, list) and not value:
             raise ConfigError(f"{path}: {key}: an empty list is an empty grid (no trial to run)")
-        values = [_check_value(path, key, action, v) for v in (value if is_axis else [value])]
+        values = [_typed(path, key, v) for v in (value if is_axis else [value])]
         if len({repr(v) for v in values}) < len(values):
             raise ConfigError(f"{path}: {key}: the grid axis repeats a value: {value!r}")
         axes[key] = values
@@ -141,65 +91,53 @@ def load_config(path):
 
 
 def expand(axes):
-    """The grid's points, as {dest: value} dicts, in a deterministic order (the last axis varies fastest)."""
+    """The grid's points, as {name: value} dicts, in a deterministic order (the last axis varies fastest)."""
     keys = list(axes)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
-
-
-def trial_args(args, point, explicit):
-    """`args` with the grid point's values, except the flags given on the command line."""
-    out = copy.deepcopy(args)
-    for key, value in point.items():
-        if key not in explicit:
-            setattr(out, key, copy.deepcopy(value))
-    out.resume = False  # the sweep picks the trial to resume itself
-    return out
 
 
 # ---------------------------------------------------------------- the plan
 
 def _label(point, varying):
-    return ", ".join(f"{k}={point[k]}" for k in varying) or "(single trial)"
+    return ", ".join(f"{k}={list(point[k]) if isinstance(point[k], tuple) else point[k]}" for k in varying) \
+        or "(single trial)"
 
 
-def _match(recipe, trials):
+def _match(recipe_json, trials):
     """The existing trial for this recipe: a finished one, else the newest unfinished one."""
-    same = [t for t in trials if all(t.get(k) == v for k, v in recipe.items())]
+    same = [t for t in trials if all(t.get(k) == v for k, v in recipe_json.items())]
     finished = [t for t in same if t.get("finished") is True]
     if finished:
         return finished[-1]
     return same[-1] if same else None
 
 
-def plan(config_path, args, explicit):
-    """[(label, trial_args, existing param map or None)] for every distinct grid point."""
+def plan(config_path, recipe, runtime, given):
+    """[(label, recipe, existing parameter file or None)] for every distinct grid point.
+
+    `recipe` holds the command line's values; those of the flags in `given` override the config."""
     axes = load_config(config_path)
-    overridden = sorted(k for k in axes if k in explicit)
+    overridden = sorted(k for k in axes if k in given)
+    varying = [k for k, v in axes.items() if len(v) > 1 and k not in given]
     entries, seen = [], set()
-    varying = [k for k, v in axes.items() if len(v) > 1 and k not in explicit]
     for point in expand(axes):
-        targs = trial_args(args, point, explicit)
+        point_recipe = dataclasses.replace(recipe, **{k: v for k, v in point.items() if k not in given})
         try:
-            train.validate(targs)
-        except train.UsageError as e:
+            resolved = trainer.prepare(point_recipe, runtime)
+        except config.UsageError as e:
             raise ConfigError(f"{config_path}: grid point {_label(point, varying)}: {e}") from None
-        recipe = train.recipe(targs)
-        key = repr(recipe)
+        key = repr(resolved)
         if key in seen:  # the command line overrode an axis: its points collapse into one
             continue
         seen.add(key)
-        entries.append((_label(point, varying), targs, recipe))
-    try:
-        trials = tracking.list_trials(args.logroot, args.experimentname)
-    except ValueError as e:
-        raise train.CheckpointError(str(e)) from None
-    out = [(label, targs, _match(recipe, trials)) for label, targs, recipe in entries]
-    exp_dir = tracking.experiment_dir(args.logroot, args.experimentname)
-    print(f"sweep {config_path}: {len(out)} trial(s) into {exp_dir}"
+        entries.append((_label(point, varying), point_recipe, config.as_json(resolved)))
+    trials = store.list_trials(runtime.logroot, runtime.experimentname)
+    out = [(label, r, _match(recipe_json, trials)) for label, r, recipe_json in entries]
+    print(f"sweep {config_path}: {len(out)} trial(s) into {store.experiment_dir(runtime.logroot, runtime.experimentname)}"
           + (f" (the command line overrides {', '.join(overridden)})" if overridden else ""))
     for i, (label, _, existing) in enumerate(out, 1):
-        state = ("new" if existing is None else
-                 f"trial {existing['trial_id']}, " + ("finished: skip" if existing.get("finished") else "unfinished: resume"))
+        state = "new" if existing is None else f"trial {existing['trial_id']}, " + (
+            "finished: skip" if existing.get("finished") else "unfinished: resume")
         print(f"  [{i}/{len(out)}] {label}: {state}")
     sys.stdout.flush()
     return out
@@ -207,123 +145,116 @@ def plan(config_path, args, explicit):
 
 # ---------------------------------------------------------------- running
 
-def run(config_path, args, explicit):
-    """Run every grid point of `config_path` not finished yet; returns the trials' summaries in grid order."""
-    entries = plan(config_path, args, explicit)
-    if args.ray:
-        return _run_ray(entries, args)
-    summaries, diverged = [], []
-    for i, (label, targs, existing) in enumerate(entries, 1):
-        prefix = f"[{i}/{len(entries)}] {label}"
-        if existing is not None and existing.get("finished"):
-            print(f"{prefix}: trial {existing['trial_id']} already finished: skipped", flush=True)
-            summaries.append({"trial_id": existing["trial_id"], "finished": True, "skipped": True})
-            continue
-        resume_id = existing["trial_id"] if existing is not None else None
-        print(f"{prefix}: " + (f"resuming trial {resume_id}" if resume_id else "new trial"), flush=True)
-        try:
-            summaries.append(train.train(targs, resume_id=resume_id))
-        except train.Diverged as e:  # the recipe's outcome: carry on with the other points, report it at the end
-            print(f"{prefix}: {e}", flush=True)
-            diverged.append(f"{label}: {e}")
-            summaries.append({"trial_id": resume_id, "finished": False, "error": str(e)})
-        except tuple(TRIAL_ERRORS.values()) as e:  # the others stop the sweep: name the grid point
-            raise type(e)(f"{prefix}: {e}") from None
+def _run_one(recipe_json, runtime_json, resume_id):
+    """One trial in a worker process; errors come back as (type name, message)."""
+    recipe, runtime = config.recipe_from_json(recipe_json), config.Runtime(**runtime_json)
+    try:
+        return trainer.run_trial(recipe, runtime, resume_id=resume_id)
+    except tuple(TRIAL_ERRORS.values()) as e:
+        return {"trial_id": resume_id, "finished": False, "error_type": type(e).__name__, "error": str(e)}
+
+
+def run(config_path, recipe, runtime, given):
+    """Run every grid point not finished yet; returns the trials' summaries in grid order."""
+    entries = plan(config_path, recipe, runtime, given)
+    runtime = dataclasses.replace(runtime, resume=False, config="")  # each trial is resumed by id
+    todo = [i for i, (_, _, existing) in enumerate(entries) if not (existing and existing.get("finished"))]
+    summaries = [{"trial_id": e["trial_id"], "finished": True, "skipped": True} if i not in todo else None
+                 for i, (_, _, e) in enumerate(entries)]
+    for i, (label, _, existing) in enumerate(entries):
+        if i not in todo:
+            print(f"[{i + 1}/{len(entries)}] {label}: trial {existing['trial_id']} already finished: skipped")
+    jobs = {i: (config.as_json(entries[i][1]), config.as_json(runtime),
+                entries[i][2]["trial_id"] if entries[i][2] else None) for i in todo}
+    if runtime.ray:
+        results = _run_ray(jobs, runtime)
+    elif runtime.trials_per_gpu > 1:
+        results = _run_parallel(jobs, runtime.trials_per_gpu)
+    else:
+        results = {}
+        for i, job in jobs.items():
+            label = entries[i][0]
+            print(f"[{i + 1}/{len(entries)}] {label}: " + (f"resuming trial {job[2]}" if job[2] else "new trial"),
+                  flush=True)
+            results[i] = _run_one(*job)
+            if results[i].get("error_type") not in (None, "Diverged"):
+                break  # the recipe or the disk is wrong: the other points would fail the same way
+    failures = []
+    for i, result in results.items():
+        summaries[i] = result
+        if result.get("error"):
+            failures.append((entries[i][0], result["error_type"], result["error"]))
     _report(entries, summaries)
-    if diverged:
-        raise train.Diverged(f"{len(diverged)} trial(s) of {config_path} diverged: " + "; ".join(diverged))
+    if failures:
+        kinds = {kind for _, kind, _ in failures}
+        kind = TRIAL_ERRORS.get(kinds.pop(), RuntimeError) if len(kinds) == 1 else RuntimeError
+        raise kind(f"{len(failures)} of {len(todo)} trial(s) of {config_path} failed: "
+                   + "; ".join(f"{label}: {msg}" for label, _, msg in failures))
     return summaries
 
 
 def _report(entries, summaries):
     print("sweep done:")
     for (label, _, _), s in zip(entries, summaries):
-        state = "skipped (already finished)" if s.get("skipped") else (
+        state = "not run" if s is None else "skipped (already finished)" if s.get("skipped") else (
             "finished" if s.get("finished") else ("failed" if s.get("error") else "stopped early"))
-        print(f"  {label}: trial {s.get('trial_id')} {state}")
+        print(f"  {label}: trial {(s or {}).get('trial_id')} {state}")
     sys.stdout.flush()
 
 
-def _ray_trial(config, payloads):
+def _run_parallel(jobs, workers):
+    """Up to `workers` trials at once, each in a fresh process (spawned: CUDA cannot be forked)."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                                max_tasks_per_child=1) as pool:
+        futures = {i: pool.submit(_run_one, *job) for i, job in jobs.items()}
+        return {i: f.result() for i, f in futures.items()}
+
+
+def _ray_trial(ray_config, jobs):
     """Ray Tune trainable: one grid point, in a Ray worker (whose working directory is not ours)."""
-    payload = payloads[config["index"]]
-    args = argparse.Namespace(**payload["args"])
-    # Tune starts us in its trial folder; work from the project's (track records its git state in the
-    # param map, as for a local run). Every path in `args` is absolute.
-    os.chdir(PROJECT_DIR)
-    try:
-        summary = train.train(args, resume_id=payload["resume_id"])
-    except tuple(TRIAL_ERRORS.values()) as e:
-        return {"sweep_error_type": type(e).__name__, "sweep_error": str(e), "sweep_finished": False}
+    os.chdir(PROJECT_DIR)  # every path in the job is absolute
+    result = _run_one(*jobs[ray_config["index"]])
     # (Tune's own result keys include `trial_id`: ours are prefixed.)
-    return {"sweep_trial_id": summary["trial_id"], "sweep_finished": bool(summary["finished"]), "sweep_error": ""}
+    return {"sweep_" + k: v for k, v in result.items()}
 
 
-def _run_ray(entries, args):
+def _run_ray(jobs, runtime):
     import ray
     from ray import tune
 
-    todo = [i for i, (_, _, existing) in enumerate(entries) if not (existing and existing.get("finished"))]
-    summaries = [{"trial_id": e["trial_id"], "finished": True, "skipped": True} if e and e.get("finished") else None
-                 for _, _, e in entries]
-    for i, (label, _, existing) in enumerate(entries):
-        if i not in todo:
-            print(f"[{i + 1}/{len(entries)}] {label}: trial {existing['trial_id']} already finished: skipped")
-    if not todo:
-        _report(entries, summaries)
-        return summaries
-    payloads = {}
-    for i in todo:
-        targs = copy.deepcopy(entries[i][1])
-        targs.logroot, targs.dataroot = os.path.abspath(targs.logroot), os.path.abspath(targs.dataroot)
-        targs.ray = ""
-        existing = entries[i][2]
-        payloads[i] = {"args": vars(targs), "resume_id": existing["trial_id"] if existing else None}
-
+    absolute = {"logroot": os.path.abspath(runtime.logroot), "dataroot": os.path.abspath(runtime.dataroot),
+                "ray": ""}
+    jobs = {i: (r, {**rt, **absolute}, resume) for i, (r, rt, resume) in jobs.items()}
     started_here = False
     if not ray.is_initialized():
         pythonpath = os.pathsep.join(p for p in (PROJECT_DIR, os.environ.get("PYTHONPATH", "")) if p)
         runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
         try:
-            if args.ray == "local":
-                ray.init(include_dashboard=False, runtime_env=runtime_env)
-            else:
-                ray.init(address=args.ray, runtime_env=runtime_env)
+            ray.init(address=None if runtime.ray == "local" else runtime.ray, include_dashboard=False,
+                     runtime_env=runtime_env)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise train.UsageError(f"--ray {args.ray}: cannot connect to a Ray cluster ({e})".split("\n")[0]) from None
+            raise config.UsageError(f"--ray {runtime.ray}: cannot connect to a Ray cluster "
+                                    f"({' '.join(str(e).split())})") from None
         started_here = True
     try:
-        resources = {"cpu": 1, "gpu": args.gpus_per_trial if args.cuda else 0}
-        storage = os.path.abspath(os.path.join(tracking.experiment_dir(args.logroot, args.experimentname), "ray"))
+        resources = {"cpu": 1, "gpu": runtime.gpus_per_trial if runtime.cuda else 0}
+        storage = os.path.join(absolute["logroot"], runtime.experimentname, "ray")
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(_ray_trial, payloads=payloads), resources),
-            param_space={"index": tune.grid_search(todo)},
+            tune.with_resources(tune.with_parameters(_ray_trial, jobs=jobs), resources),
+            param_space={"index": tune.grid_search(list(jobs))},
             run_config=tune.RunConfig(name=time.strftime("sweep-%Y%m%d-%H%M%S"), storage_path=storage, verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=0)))
-        results = tuner.fit()
+        grid = tuner.fit()
     finally:
         if started_here:
             ray.shutdown()
-
-    failures = []
-    for result in results:
-        i = result.config["index"]
-        label = entries[i][0]
-        metrics = result.metrics or {}
-        if result.error is not None:
-            failures.append((label, RuntimeError, f"{type(result.error).__name__}: "
-                                                  f"{str(result.error).strip().splitlines()[-1] if str(result.error).strip() else ''}"))
-            summaries[i] = {"trial_id": payloads[i]["resume_id"], "finished": False, "error": str(result.error)}
-        elif metrics.get("sweep_error") or "sweep_finished" not in metrics:
-            message = metrics.get("sweep_error") or "the trial reported no result"
-            failures.append((label, TRIAL_ERRORS.get(metrics.get("sweep_error_type"), RuntimeError), message))
-            summaries[i] = {"trial_id": payloads[i]["resume_id"], "finished": False, "error": message}
+    results = {}
+    for result in grid:
+        i, metrics = result.config["index"], result.metrics or {}
+        if result.error is not None or "sweep_finished" not in metrics:
+            message = " ".join(str(result.error or "the trial reported no result").split())[-300:]
+            results[i] = {"trial_id": jobs[i][2], "finished": False, "error_type": "RuntimeError", "error": message}
         else:
-            summaries[i] = {"trial_id": metrics["sweep_trial_id"], "finished": metrics["sweep_finished"]}
-    _report(entries, summaries)
-    if failures:
-        kinds = {kind for _, kind, _ in failures}
-        kind = kinds.pop() if len(kinds) == 1 else RuntimeError
-        raise kind(f"{len(failures)} of {len(todo)} Ray trial(s) failed: "
-                   + "; ".join(f"{label}: {msg}" for label, _, msg in failures))
-    return summaries
+            results[i] = {k[len("sweep_"):]: v for k, v in metrics.items() if k.startswith("sweep_")}
+    return results

@@ -15,6 +15,8 @@ _CONSTRUCTORS = {
     "AirbenchNet": AirbenchNet,
 }
 ARCHS = tuple(_CONSTRUCTORS)
+# The nets made of residual blocks (zero_init_residual applies to them).
+RESIDUAL_ARCHS = tuple(name for name, constructor in _CONSTRUCTORS.items() if constructor is not AirbenchNet)
 BN_WEIGHT_INITS = ("ones", "uniform")
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import data
-import tracking
+import store
 import train
 from lars import LARS
 
@@ -42,9 +42,9 @@ def test_gpu_batches_equal_cpu_batches():
 
 def test_train_py_on_cuda_bf16_channels_last(tiny_cifar10, tmp_path):
     root, _ = tiny_cifar10
-    train.main(["cuda_run", "--cuda", "--amp", "bf16", "--channels_last", "--width", "8", "--epochs", "2",
+    train.main(["cuda_run", "--cuda", "--amp", "bf16", "--channels_last", "on", "--width", "8", "--epochs", "2",
                 "--batch_size", "50", "--max_samples_per_gpu", "25", "--dataroot", root, "--logroot", str(tmp_path)])
-    df = tracking.read_results(os.path.join(tmp_path, "cuda_run"))
+    df = store.read_results(os.path.join(tmp_path, "cuda_run"))
     assert df[df["kind"] == "epoch"]["epoch"].tolist() == [1, 2]
 
 
@@ -52,6 +52,6 @@ def test_train_py_on_cuda_fp16_with_grad_scaler(tiny_cifar10, tmp_path):
     root, _ = tiny_cifar10
     train.main(["fp16_run", "--cuda", "--amp", "fp16", "--width", "8", "--epochs", "1", "--batch_size", "50",
                 "--dataroot", root, "--logroot", str(tmp_path)])
-    (trial,) = tracking.list_trials(str(tmp_path), "fp16_run")
+    (trial,) = store.list_trials(str(tmp_path), "fp16_run")
     state = torch.load(os.path.join(tmp_path, "fp16_run", trial["trial_id"], "last.pt"), weights_only=True)
     assert state["scaler"]["scale"] > 0 and trial["finished"]

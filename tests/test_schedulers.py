@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from schedulers import LR_SCALING_RULES, SCHEDULES, make_scheduler, scale_lr
+from config import LR_SCALING_RULES, SCHEDULES, scale_lr
+from schedulers import make_scheduler
 
 PEAKS = (0.1, 0.4)
 

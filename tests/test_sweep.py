@@ -1,13 +1,14 @@
 """sweep.py: configs, the grid, skip/resume on re-runs, command-line overrides, and a local Ray run (CPU)."""
-import json
 import os
 
 import pytest
 
+import config
+import store
 import sweep
-import tracking
 import train
-from conftest import write_tiny_cifar
+import trainer
+from conftest import result_rows, write_tiny_cifar
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -22,7 +23,12 @@ def dataroot(tmp_path_factory):
 def tiny(dataroot, logroot, *extra):
     # 200 training images: batch 50 -> 4 steps/epoch, batch 100 -> 2; width-8 ResNet18.
     return ["--width", "8", "--epochs", "2", "--max_samples_per_gpu", "25", "--eval_batch_size", "100",
-            "--dataroot", dataroot, "--logroot", str(logroot), *extra]
+            "--log_interval", "1", "--dataroot", dataroot, "--logroot", str(logroot), *extra]
+
+
+def plan_of(config_path, argv):
+    recipe, runtime = config.from_namespace(config.make_parser().parse_args(argv))
+    return sweep.plan(config_path, recipe, runtime, config.given_flags(argv))
 
 
 def write_config(path, text):
@@ -30,14 +36,8 @@ def write_config(path, text):
     return str(path)
 
 
-def result_rows(logroot, experiment, trial_id):
-    path = os.path.join(logroot, experiment, "trials", f"{trial_id}_result.json")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def trials_by_batch(logroot, experiment):
-    return {t["batch_size"]: t for t in tracking.list_trials(str(logroot), experiment)}
+    return {t["batch_size"]: t for t in store.list_trials(str(logroot), experiment)}
 
 
 def result_files(logroot, experiment):
@@ -45,11 +45,12 @@ def result_files(logroot, experiment):
     return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
 
 
+@pytest.mark.slow
 def test_grid_interrupted_resumed_then_skipped(dataroot, tmp_path, capsys, monkeypatch):
     # The config says 200 epochs; --epochs 2 on the command line wins for every trial.
-    config = write_config(tmp_path / "grid.yaml", "optimizer: LARS\nepochs: 200\nbatch_size: [50, 100]\nlr: 0.05\n")
+    path = write_config(tmp_path / "grid.yaml", "optimizer: LARS\nepochs: 200\nbatch_size: [50, 100]\nlr: 0.05\n")
     logroot = tmp_path / "logs"
-    train.main(["grid", "--config", config, *tiny(dataroot, logroot, "--stop_after_epoch", "1")])
+    train.main(["grid", "--config", path, *tiny(dataroot, logroot, "--stop_after_epoch", "1")])
     out = capsys.readouterr().out
     assert "2 trial(s)" in out and "batch_size=50: new" in out and "batch_size=100: new" in out
     first = trials_by_batch(logroot, "grid")
@@ -60,7 +61,7 @@ def test_grid_interrupted_resumed_then_skipped(dataroot, tmp_path, capsys, monke
     assert all([r["epoch"] for r in rows] == [1] for rows in epoch1.values())
 
     # Re-run: both interrupted trials resume from their checkpoints and finish; no new trial.
-    train.main(["grid", "--config", config, *tiny(dataroot, logroot)])
+    train.main(["grid", "--config", path, *tiny(dataroot, logroot)])
     out = capsys.readouterr().out
     assert out.count("unfinished: resume") == 2 and "resuming after epoch 1" in out
     done = trials_by_batch(logroot, "grid")
@@ -80,33 +81,31 @@ def test_grid_interrupted_resumed_then_skipped(dataroot, tmp_path, capsys, monke
     def no_training(*a, **k):
         raise AssertionError("a finished trial was trained again")
 
-    monkeypatch.setattr(train, "train", no_training)
-    train.main(["grid", "--config", config, *tiny(dataroot, logroot)])
+    monkeypatch.setattr(trainer, "run_trial", no_training)
+    train.main(["grid", "--config", path, *tiny(dataroot, logroot)])
     out = capsys.readouterr().out
     assert out.count("already finished: skipped") == 2
     assert result_files(logroot, "grid") == before
 
 
 def test_command_line_overrides_the_config(tmp_path):
-    config = write_config(tmp_path / "c.yaml", "epochs: 200\nbatch_size: [64, 256]\nlr: [0.1, 0.2]\nnesterov: true\n"
-                                                "lr_milestones: [[10, 20], [30]]\nweight_decay: 5e-4\n")
-    argv = ["exp", "--config", config, "--epochs", "3", "--lr", "0.05", "--logroot", str(tmp_path / "logs")]
-    args = train.make_parser().parse_args(argv)
-    entries = sweep.plan(config, args, train.explicit_flags(argv))
+    path = write_config(tmp_path / "c.yaml", "epochs: 200\nbatch_size: [64, 256]\nlr: [0.1, 0.2]\nnesterov: true\n"
+                                              "lr_milestones: [[1, 2], [3]]\nweight_decay: 5e-4\n")
+    entries = plan_of(path, ["exp", "--config", path, "--epochs", "3", "--lr", "0.05", "--logroot",
+                             str(tmp_path / "logs")])
     # --lr collapses the lr axis: 2 batch sizes x 2 milestone lists remain, in file order (last axis fastest).
     points = [(a.batch_size, a.lr_milestones) for _, a, _ in entries]
-    assert points == [(64, [10, 20]), (64, [30]), (256, [10, 20]), (256, [30])]
+    assert points == [(64, (1, 2)), (64, (3,)), (256, (1, 2)), (256, (3,))]
     for _, a, existing in entries:
         assert a.epochs == 3 and a.lr == 0.05 and a.nesterov is True and existing is None
         assert a.weight_decay == 5e-4  # YAML reads 5e-4 as a string; converted like the command line
-    assert [label for label, _, _ in entries][0] == "batch_size=64, lr_milestones=[10, 20]"
+    assert [label for label, _, _ in entries][0] == "batch_size=64, lr_milestones=[1, 2]"
 
 
 def test_shipped_configs_expand(tmp_path):
     for name, n in (("seed_table.yaml", 5), ("lars_tuned.yaml", 5), ("sgd_baseline.yaml", 1)):
         path = os.path.join(CONFIGS, name)
-        argv = ["exp", "--config", path, "--logroot", str(tmp_path)]
-        entries = sweep.plan(path, train.make_parser().parse_args(argv), train.explicit_flags(argv))
+        entries = plan_of(path, ["exp", "--config", path, "--logroot", str(tmp_path)])
         assert len(entries) == n
     axes = sweep.load_config(os.path.join(CONFIGS, "seed_table.yaml"))
     assert axes["batch_size"] == [64, 256, 1024, 4096, 16384]
@@ -133,12 +132,12 @@ def test_shipped_configs_expand(tmp_path):
     ("warmup_epochs: [1, 500]\nepochs: 10\n", "warmup_epochs", "grid point"),
 ])
 def test_config_errors_name_the_file_and_key(tmp_path, capsys, text, key, words):
-    config = write_config(tmp_path / "bad.yaml", text)
+    path = write_config(tmp_path / "bad.yaml", text)
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["exp", "--config", config, "--logroot", str(tmp_path / "logs")])
+        train.main(["exp", "--config", path, "--logroot", str(tmp_path / "logs")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
-    assert err.count("\n") == 1 and err.startswith(f"train.py: error: {config}: ")
+    assert err.count("\n") == 1 and err.startswith(f"train.py: error: {path}: ")
     assert key in err and words in err
     assert not os.path.exists(tmp_path / "logs")  # nothing ran
 
@@ -156,31 +155,31 @@ def test_unreadable_configs_name_the_file(tmp_path, capsys, text, words):
     assert err.startswith(f"train.py: error: {path}: ") and words in err
 
 
+@pytest.mark.slow
 def test_ray_local_runs_the_grid_and_names_a_failed_trial(dataroot, tmp_path, capsys, monkeypatch):
     # Two trials that finish and one that diverges, on a private local Ray instance (2 CPUs here).
-    config = write_config(tmp_path / "ray.yaml", "optimizer: SGD\nbatch_size: 50\nlr: [0.1, 0.05, 1.0e+9]\n")
+    path = write_config(tmp_path / "ray.yaml", "optimizer: SGD\nbatch_size: 50\nlr: [0.1, 0.05, 1.0e+9]\n")
     logroot = tmp_path / "logs"
     monkeypatch.chdir(tmp_path)  # relative paths must reach the workers as absolute ones
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["raysweep", "--config", config, "--ray", "local",
+        train.main(["raysweep", "--config", path, "--ray", "local",
                     *tiny(dataroot, os.path.relpath(logroot, tmp_path))])
     captured = capsys.readouterr()
     # Ray forwards its workers' stderr to ours whenever it likes: find our error line among theirs.
     errors = [line for line in captured.err.splitlines() if line.startswith("train.py: error:")]
     assert exit_info.value.code == 1, captured.err[-3000:]
     assert len(errors) == 1, captured.err[-3000:]
-    assert errors[0].startswith("train.py: error: 1 of 3 Ray trial(s) failed: lr=1000000000.0: training loss is")
-    trials = {t["lr"]: t for t in tracking.list_trials(str(logroot), "raysweep")}
+    assert errors[0].startswith(f"train.py: error: 1 of 3 trial(s) of {path} failed: lr=1000000000.0: "
+                                "training loss is")
+    trials = {t["lr"]: t for t in store.list_trials(str(logroot), "raysweep")}
     assert set(trials) == {0.1, 0.05, 1e9}
     for lr in (0.1, 0.05):
         assert trials[lr]["finished"] is True
         assert [r["epoch"] for r in result_rows(logroot, "raysweep", trials[lr]["trial_id"])
                 if r["kind"] == "epoch"] == [1, 2]
-        assert trials[lr]["git_repo"] != "unknown"  # the worker ran in the project, not in Ray's folder
     assert trials[1e9]["finished"] is False
     assert os.path.isdir(logroot / "raysweep" / "ray") and not os.path.exists(tmp_path / "raydata")
 
     # Without Ray, the same command skips the two finished trials (only the diverged one would run again).
-    argv = ["raysweep", "--config", config, *tiny(dataroot, logroot)]
-    entries = sweep.plan(config, train.make_parser().parse_args(argv), train.explicit_flags(argv))
+    entries = plan_of(path, ["raysweep", "--config", path, *tiny(dataroot, logroot)])
     assert [(e or {}).get("finished") for _, _, e in entries] == [True, True, False]

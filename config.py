@@ -1,0 +1,421 @@
+"""What a trial computes (`Recipe`), where and how it runs (`Runtime`), and what follows from both (`Plan`).
+
+The command line and the YAML grids (`train.py --config`) both produce these dataclasses, typed from the
+fields below and validated by one function, `check`, so a value is judged the same wherever it comes from.
+The `Recipe` is a trial's identity: resume refuses a checkpoint with another recipe, and the sweep matches
+grid points to trials by it. Every value worked out at start (scaled lr, warmup steps, milestones, steps)
+lives in `Plan` and is written into the trial's parameter file.
+
+This module imports no torch, so `train.py --help` stays cheap.
+"""
+import argparse
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+
+SCHEDULES = ("poly", "cosine", "step", "geometric")
+LR_SCALING_RULES = ("none", "linear", "sqrt")
+DATASETS = ("cifar10", "cifar100")
+# numpy's seed range (the seed also seeds numpy).
+MAX_SEED = 2**32 - 1
+
+
+class UsageError(Exception):
+    """Bad input from the command line or a config, worded as one line that names the flag."""
+
+
+def _opt(default, help, *, choices=None, low=None, high=None, low_open=False, high_open=False, dest_only=False):
+    """A field with its --help text and its valid range (for numbers) or choices (for strings)."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open,
+            "high_open": high_open}
+    if isinstance(default, (list, tuple)):
+        return field(default=tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _archs():
+    import models  # imports torch.nn; deferred so this module stays torch-free until a parser is built
+    return models.ARCHS
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a trial computes. Defaults: the seed's flags (ResNet18, LARS lr 0.1, eta 0.001, poly 2, batch 128)."""
+    # network and data
+    arch: str = _opt("ResNet18", "network: a name in models.ARCHS (ResNet18/34/50, the CIFAR proxies)",
+                     choices="archs")
+    width: int = _opt(64, "channels of the first stage (64: the standard ResNet18)", low=1)
+    dataset: str = _opt("cifar10", "dataset", choices=DATASETS)
+    train_subset: int = _opt(0, "train on a class-balanced subset of N images (0: all)", low=0)
+    test_subset: int = _opt(0, "evaluate on the first N test images (0: all 10,000); marked in the results", low=0)
+    seed: int = _opt(1, "random seed for the model, data order and augmentation (skeletor's default 1)",
+                     low=0, high=MAX_SEED)
+    ghost_batch_size: int = _opt(0, "BatchNorm normalises groups of G samples (ghost BN, Hoffer et al. 2017); "
+                                    "0: the whole micro-batch", low=0)
+    zero_init_residual: bool = _opt(False, "start the last BatchNorm weight of each residual block at 0 "
+                                           "(Goyal et al. 2017)")
+    bn_weight_init: str = _opt("ones", "BatchNorm weight init: ones, or uniform in [0, 1) as PyTorch <= 0.4 "
+                                       "(the seed)", choices=("ones", "uniform"))
+    # optimizer
+    optimizer: str = _opt("LARS", "LARS (lars.py) or torch SGD with momentum", choices=("LARS", "SGD"))
+    lr: float = _opt(0.1, "peak learning rate, before --lr_scaling", low=0)
+    momentum: float = _opt(0.9, "momentum", low=0, high=1, high_open=True)
+    nesterov: bool = _opt(False, "Nesterov momentum (LARS and SGD)")
+    weight_decay: float = _opt(5e-4, "L2 weight decay", low=0)
+    eta: float = _opt(0.001, "LARS trust coefficient", low=0, low_open=True)
+    momentum_style: str = _opt("paper", "LARS: lr inside the momentum buffer (paper) or outside (sgd)",
+                               choices=("paper", "sgd"))
+    norm_mode: str = _opt("paper", "LARS trust-ratio denominator: ||g|| + wd*||w|| (paper) or ||g + wd*w|| "
+                                   "(update)", choices=("paper", "update"))
+    trust_clip: bool = _opt(False, "LARS: clip the trust ratio at 1 (LARC)")
+    zero_norm_trust: str = _opt("one", "LARS trust ratio when a norm is 0: one, or the bare formula as the seed "
+                                       "(0 for zero weights, so BN biases never move)", choices=("one", "formula"))
+    exclude_bn_bias: bool = _opt(False, "no weight decay and no LARS adaptation for BatchNorm weights and biases")
+    label_smoothing: float = _opt(0.0, "label smoothing", low=0, high=1, high_open=True)
+    # batches
+    batch_size: int = _opt(128, "effective batch: samples per optimizer step", low=1)
+    max_samples_per_gpu: int = _opt(512, "largest micro-batch per forward/backward on one device", low=1)
+    last_batch: str = _opt("drop", "the epoch's N mod B left-over samples: drop (every step has B samples) or "
+                                   "keep as a short last step (the seed)", choices=("drop", "keep"))
+    loss_weighting: str = _opt("per_sample", "accumulation: per_sample (each micro-batch weighted by its size: "
+                                             "exact) or per_chunk (torch.chunk into max(1, B // "
+                                             "max_samples_per_gpu) chunks, each mean loss / chunks: the seed)",
+                               choices=("per_sample", "per_chunk"))
+    epochs: int = _opt(200, "training epochs", low=1)
+    # schedule
+    schedule: str = _opt("poly", "learning-rate decay after warmup", choices=SCHEDULES)
+    lr_update: str = _opt("step", "update the lr every optimizer step, or once per epoch (a staircase: the seed)",
+                          choices=("step", "epoch"))
+    poly_power: float = _opt(2.0, "poly: lr = peak * (1 - progress)**power", low=0, low_open=True)
+    warmup_epochs: float = _opt(0.0, "linear warmup from --warmup_start_lr, in epochs", low=0)
+    warmup_steps: int = _opt(0, "linear warmup, in optimizer steps (instead of --warmup_epochs)", low=0)
+    warmup_fraction: float = _opt(0.0, "linear warmup, as a fraction of all steps (instead of --warmup_epochs)",
+                                  low=0, high=1, high_open=True)
+    warmup_start_lr: float = _opt(0.0, "learning rate at step 0 of the warmup", low=0)
+    end_lr: float = _opt(0.0, "final learning rate (poly, cosine); floor for step and geometric", low=0)
+    lr_gamma: typing.Optional[float] = _opt(None, "decay factor: per milestone (step; default 0.1) or per epoch "
+                                                  "(geometric; default 0.98)", low=0, high=1, low_open=True)
+    lr_milestones: typing.Tuple[int, ...] = _opt((), "step: comma-separated epochs at which the lr decays "
+                                                     "(default: 50%% and 75%% of --epochs)", low=0)
+    lr_scaling: str = _opt("none", "scale --lr by batch_size/base_batch_size (linear) or its square root (sqrt)",
+                           choices=LR_SCALING_RULES)
+    base_batch_size: int = _opt(128, "the batch size --lr is given for (with --lr_scaling)", low=1)
+    # numerics
+    amp: str = _opt("auto", "autocast dtype; auto: bf16 with --cuda, none (fp32) on the CPU",
+                    choices=("auto", "none", "bf16", "fp16"))
+    channels_last: str = _opt("auto", "channels-last memory format; auto: on with --cuda, off on the CPU",
+                              choices=("auto", "on", "off"))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a trial runs: none of it changes what it computes."""
+    experimentname: str = _opt("", "name of the experiment: its results go to LOGROOT/EXPERIMENTNAME/")
+    logroot: str = _opt("./logs", "each experiment is a folder here")
+    dataroot: str = _opt("./data", "where CIFAR is (downloaded there if missing)")
+    config: str = _opt("", "run the grid of trials in this YAML file (configs/*.yaml) instead of one trial")
+    cuda: bool = _opt(False, "train on the GPU (default: CPU)")
+    resume: bool = _opt(False, "continue the experiment's newest unfinished trial")
+    eval_batch_size: int = _opt(1024, "test images per forward", low=1)
+    stop_after_epoch: int = _opt(0, "stop cleanly after this many epochs, checkpoint written (then --resume)",
+                                 low=0)
+    log_interval: int = _opt(50, "log (and check) the training loss every N optimizer steps", low=1)
+    checkpoint_every: int = _opt(1, "write last.pt every N epochs (the last epoch always)", low=1)
+    compile: bool = _opt(False, "run the model and the optimizer step through torch.compile")
+    ray: str = _opt("", "with --config: run the trials on this Ray cluster ('auto', an address, or 'local')")
+    gpus_per_trial: float = _opt(1.0, "with --ray: GPUs reserved per trial", low=0, low_open=True)
+    trials_per_gpu: int = _opt(1, "with --config: run up to N trials at once (separate processes)", low=1)
+
+
+RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(Recipe))
+RUNTIME_KEYS = tuple(f.name for f in dataclasses.fields(Runtime))
+_FIELDS = {f.name: f for cls in (Recipe, Runtime) for f in dataclasses.fields(cls)}
+
+
+# ---------------------------------------------------------------- values: typing and checking
+
+def field_kind(name):
+    """(scalar type, is a tuple, may be None) of a field."""
+    hint = typing.get_type_hints(Recipe if name in RECIPE_KEYS else Runtime)[name]
+    optional = typing.get_origin(hint) is typing.Union
+    if optional:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], True, optional
+    return hint, False, optional
+
+
+def _choices(name):
+    choices = _FIELDS[name].metadata.get("choices")
+    return _archs() if choices == "archs" else choices
+
+
+def describe(name):
+    """What a value of `name` must be, in words (for error messages)."""
+    scalar, is_tuple, optional = field_kind(name)
+    meta = _FIELDS[name].metadata
+    if scalar is bool:
+        return "true or false"
+    if _choices(name):
+        words = "one of " + ", ".join(_choices(name))
+    else:
+        words = {int: "an integer", float: "a finite number", str: "a string"}[scalar]
+        if meta.get("low") is not None or meta.get("high") is not None:
+            lo = "" if meta["low"] is None else ("> " if meta["low_open"] else ">= ") + f"{meta['low']:g}"
+            hi = "" if meta["high"] is None else ("< " if meta["high_open"] else "<= ") + f"{meta['high']:g}"
+            words += " " + " and ".join(p for p in (lo, hi) if p)
+    if is_tuple:
+        words = "comma-separated " + words.replace("an integer", "integers").replace("a finite number", "numbers")
+    return words
+
+
+def _bad(name, value):
+    return UsageError(f"--{name}: expected {describe(name)}, got {value!r}")
+
+
+def _check_scalar(name, value):
+    scalar, _, _ = field_kind(name)
+    meta = _FIELDS[name].metadata
+    if scalar is bool:
+        if not isinstance(value, bool):
+            raise _bad(name, value)
+        return value
+    if scalar is str:
+        if not isinstance(value, str) or (_choices(name) and value not in _choices(name)):
+            raise _bad(name, value)
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(name, value)
+    if scalar is int and not (isinstance(value, int) or float(value).is_integer()):
+        raise _bad(name, value)
+    if not math.isfinite(value):
+        raise _bad(name, value)
+    value = scalar(value)
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and (value < low or (meta["low_open"] and value == low)):
+        raise _bad(name, value)
+    if high is not None and (value > high or (meta["high_open"] and value == high)):
+        raise _bad(name, value)
+    return value
+
+
+def check_value(name, value):
+    """`value` as field `name` holds it (ints as int, tuples as tuple), or a UsageError naming --name."""
+    if name not in _FIELDS:
+        raise UsageError(f"{name}: not a train.py flag")
+    _, is_tuple, optional = field_kind(name)
+    if value is None and optional:
+        return None
+    if is_tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _bad(name, value)
+        return tuple(_check_scalar(name, v) for v in value)
+    return _check_scalar(name, value)
+
+
+def parse_value(name, text):
+    """A command-line string as field `name`'s type (also what YAML leaves as a string, e.g. `5e-4`)."""
+    scalar, is_tuple, _ = field_kind(name)
+    parts = [p for p in text.split(",") if p.strip()] if is_tuple else [text]
+    try:
+        values = [scalar(p) if scalar is not float else float(p) for p in parts]
+        if scalar is int:
+            values = [int(p) for p in parts]
+    except ValueError:
+        raise _bad(name, text) from None
+    return tuple(values) if is_tuple else values[0]
+
+
+def check(recipe, runtime=None, world_size=1):
+    """Every rule that involves one value or several, at once; raises UsageError naming the flag."""
+    for f in dataclasses.fields(recipe):
+        check_value(f.name, getattr(recipe, f.name))
+    if runtime is not None:
+        for f in dataclasses.fields(runtime):
+            if f.name != "experimentname":
+                check_value(f.name, getattr(runtime, f.name))
+    r = recipe
+    if r.warmup_epochs > r.epochs:
+        raise UsageError(f"--warmup_epochs: {r.warmup_epochs:g} is more than --epochs {r.epochs}")
+    if sum(1 for w in (r.warmup_epochs, r.warmup_steps, r.warmup_fraction) if w) > 1:
+        raise UsageError("--warmup_epochs, --warmup_steps, --warmup_fraction: give at most one")
+    if r.nesterov and r.momentum == 0:
+        raise UsageError("--nesterov: needs --momentum > 0")
+    if r.lr_milestones and list(r.lr_milestones) != sorted(set(r.lr_milestones)):
+        raise UsageError(f"--lr_milestones: expected strictly increasing epochs, got "
+                         f"{','.join(map(str, r.lr_milestones))}")
+    if r.lr_milestones and r.lr_milestones[-1] > r.epochs:
+        raise UsageError(f"--lr_milestones: {r.lr_milestones[-1]} is past --epochs {r.epochs}")
+    if r.ghost_batch_size and r.ghost_batch_size > r.max_samples_per_gpu:
+        raise UsageError(f"--ghost_batch_size: {r.ghost_batch_size} is more than --max_samples_per_gpu "
+                         f"{r.max_samples_per_gpu} (a ghost batch is part of one micro-batch)")
+    if r.ghost_batch_size and r.last_batch == "keep":
+        raise UsageError("--ghost_batch_size: not with --last_batch keep (the short last step need not divide)")
+    if r.batch_size % world_size:
+        raise UsageError(f"--batch_size: {r.batch_size} does not split evenly over {world_size} ranks")
+    if r.last_batch == "keep" and world_size > 1:
+        raise UsageError("--last_batch: keep (the seed's short last step) runs on one rank only")
+    if r.zero_init_residual and r.arch not in _residual_archs():
+        raise UsageError(f"--zero_init_residual: {r.arch} has no residual blocks")
+    if runtime is not None:
+        if r.amp == "fp16" and not runtime.cuda:
+            raise UsageError("--amp: fp16 needs --cuda (use bf16 on the CPU)")
+        if runtime.ray and not runtime.config:
+            raise UsageError("--ray: needs --config (a grid to run)")
+
+
+def _residual_archs():
+    import models
+    return models.RESIDUAL_ARCHS
+
+
+def resolve(recipe, runtime):
+    """The recipe with its 'auto' values decided for this device (what the trial is, and is compared by)."""
+    cuda = runtime.cuda
+    return dataclasses.replace(
+        recipe,
+        amp=("bf16" if cuda else "none") if recipe.amp == "auto" else recipe.amp,
+        channels_last=("on" if cuda else "off") if recipe.channels_last == "auto" else recipe.channels_last)
+
+
+def as_json(values):
+    """A Recipe, Runtime or Plan as plain JSON values (tuples as lists), in field order."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(values).items()}
+
+
+def recipe_from_json(values):
+    """A Recipe from a parameter file or checkpoint (only the recipe's keys are read)."""
+    return Recipe(**{k: tuple(values[k]) if isinstance(values[k], list) else values[k]
+                     for k in RECIPE_KEYS if k in values})
+
+
+# ---------------------------------------------------------------- derived values
+
+def scale_lr(base_lr, batch_size, base_batch_size, rule):
+    """lr for `batch_size` given `base_lr` tuned at `base_batch_size`: "linear" (Goyal et al. 2017), "sqrt"
+    (Krizhevsky 2014) or "none"."""
+    if rule not in LR_SCALING_RULES:
+        raise ValueError(f"unknown rule {rule!r}: choose one of {', '.join(LR_SCALING_RULES)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if base_batch_size < 1:
+        raise ValueError(f"base_batch_size must be >= 1, got {base_batch_size}")
+    ratio = batch_size / base_batch_size
+    return base_lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every number the trial works out at start from its recipe, the data size and the world size."""
+    train_size: int
+    world_size: int
+    steps_per_epoch: int
+    total_steps: int
+    scaled_lr: float          # --lr after --lr_scaling: the peak of the schedule
+    warmup_steps: int
+    resolved_lr_gamma: float
+    resolved_lr_milestones: typing.Tuple[int, ...]
+    micro_batch: int          # samples per forward on one rank (a short last step has fewer)
+    micro_batches_per_step: int
+    bn_batch_size: int        # samples BatchNorm normalises together (ghost batch, else the micro-batch)
+
+
+def plan(recipe, train_size, world_size=1):
+    """The Plan, or a UsageError when the recipe does not fit this data or this many ranks."""
+    r = recipe
+    if r.batch_size > train_size:
+        raise UsageError(f"--batch_size: {r.batch_size} is more than the {train_size} training images")
+    per_rank = r.batch_size // world_size
+    if r.loss_weighting == "per_chunk":
+        chunks = max(1, r.batch_size // r.max_samples_per_gpu)
+        micro = -(-per_rank // chunks)
+    else:
+        chunks = -(-per_rank // r.max_samples_per_gpu)
+        micro = -(-per_rank // chunks)  # equal micro-batches, none above the limit
+    if r.ghost_batch_size and micro % r.ghost_batch_size:
+        raise UsageError(f"--ghost_batch_size: {r.ghost_batch_size} does not divide the micro-batch of {micro} "
+                         f"samples (batch {r.batch_size} over {world_size} rank(s), at most "
+                         f"{r.max_samples_per_gpu} per forward)")
+    if r.last_batch == "keep":
+        steps_per_epoch = -(-train_size // r.batch_size)
+    else:
+        steps_per_epoch = train_size // r.batch_size
+    total = steps_per_epoch * r.epochs
+    if r.warmup_steps:
+        warmup = r.warmup_steps
+    elif r.warmup_fraction:
+        warmup = round(r.warmup_fraction * total)
+    else:
+        warmup = round(r.warmup_epochs * steps_per_epoch)
+    if warmup > total:
+        raise UsageError(f"--warmup_steps: {warmup} is more than the {total} optimizer steps of the run")
+    scaled_lr = scale_lr(r.lr, r.batch_size, r.base_batch_size, r.lr_scaling)
+    gamma = r.lr_gamma if r.lr_gamma is not None else (0.98 if r.schedule == "geometric" else 0.1)
+    milestones = r.lr_milestones or tuple(sorted({r.epochs // 2, r.epochs * 3 // 4}))
+    return Plan(train_size=train_size, world_size=world_size, steps_per_epoch=steps_per_epoch, total_steps=total,
+                scaled_lr=scaled_lr, warmup_steps=warmup, resolved_lr_gamma=gamma,
+                resolved_lr_milestones=tuple(milestones), micro_batch=micro, micro_batches_per_step=chunks,
+                bn_batch_size=r.ghost_batch_size or micro)
+
+
+# ---------------------------------------------------------------- the command line
+
+def _flag_help(name):
+    meta = _FIELDS[name].metadata
+    default = _FIELDS[name].default
+    if "default" in meta["help"]:  # the help says what an empty default means
+        return meta["help"]
+    return f"{meta['help']} (default: {'off' if default is False else default})"
+
+
+def make_parser(description="", *, with_defaults=True):
+    """The argument parser: skeletor's standard arguments (experimentname, --logroot, --dataroot, --seed,
+    --config) and every Recipe/Runtime field as --name, typed from the field.
+
+    `with_defaults=False` leaves unset flags out of the result, so it tells which flags were given.
+    """
+    parser = argparse.ArgumentParser(prog="train.py", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=None if with_defaults else argparse.SUPPRESS)
+
+    def one_line_error(message):
+        parser.exit(2, f"train.py: error: {message}\n")
+
+    parser.error = one_line_error
+    parser.add_argument("experimentname", help=_FIELDS["experimentname"].metadata["help"])
+    for cls, title in ((Recipe, "what a trial computes (its recipe)"), (Runtime, "where and how it runs")):
+        group = parser.add_argument_group(title)
+        for f in dataclasses.fields(cls):
+            if f.name == "experimentname":
+                continue
+            default = {"default": f.default} if with_defaults else {}
+            if field_kind(f.name)[0] is bool:
+                group.add_argument(f"--{f.name}", action="store_true", help=_flag_help(f.name), **default)
+            else:
+                choices = f.metadata["choices"]
+                metavar = "{" + ",".join(choices) + "}" if isinstance(choices, tuple) else f.name.upper()
+                group.add_argument(f"--{f.name}", type=_parser_type(f.name), metavar=metavar,
+                                   help=_flag_help(f.name), **default)
+    return parser
+
+
+def _parser_type(name):
+    def convert(text):
+        try:
+            return parse_value(name, text)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+    convert.__name__ = name
+    return convert
+
+
+def given_flags(argv):
+    """The names of the flags given in argv (a config's values yield to them)."""
+    return set(vars(make_parser(with_defaults=False).parse_args(argv))) - {"experimentname"}
+
+
+def from_namespace(args):
+    """(Recipe, Runtime) from parsed arguments."""
+    values = vars(args)
+    return (Recipe(**{k: values[k] for k in RECIPE_KEYS}), Runtime(**{k: values[k] for k in RUNTIME_KEYS}))

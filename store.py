@@ -1,0 +1,372 @@
+"""Everything on disk: where a trial's files are, opening and resuming trials, checkpoints, reading results.
+
+The only module that knows track-ml and skeletor-ml. A trial is stored in track-ml's layout
+
+    LOGROOT/EXPERIMENT/trials/<trial_id>_param_map.json   its recipe, plan, runtime and status (one JSON object)
+    LOGROOT/EXPERIMENT/trials/<trial_id>_result.json      one JSON object per logged row
+    LOGROOT/EXPERIMENT/<trial_id>/                         last.pt, best.pt, and the writer's lock
+
+and read back with skeletor's reader (`skeletor.proc`), as the seed's logs were. The files are written here
+rather than through `track.Trial`, which cannot reopen a trial: the parameter file is replaced atomically,
+result rows are appended (a resumed trial keeps its rows up to the checkpoint), and a lock in the trial
+folder refuses a second writer. Values are plain Python numbers: track's JSON encoder mangles numpy scalars.
+
+track and skeletor are imported only where results are read (skeletor takes ~20 s to import: it pulls in
+ray and torchvision), so starting or resuming a trial does not pay for them.
+"""
+import datetime
+import errno
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+# track-ml 0.1.1's names (track.constants), pinned in requirements.txt; a test checks they still agree.
+METADATA_FOLDER = "trials"
+PARAMS_SUFFIX = "param_map.json"
+RESULT_SUFFIX = "result.json"
+LOCK_NAME = ".writer.lock"
+CHECKPOINT_NAMES = ("last.pt", "best.pt")
+
+
+class StoreError(Exception):
+    """A file or folder that cannot be read or written, worded as one line that names it."""
+
+
+class CheckpointError(StoreError):
+    """A checkpoint that cannot be resumed."""
+
+
+# ---------------------------------------------------------------- paths and up-front checks
+
+def experiment_dir(logroot, experimentname):
+    return os.path.join(logroot, experimentname)
+
+
+def _name_limit(folder):
+    while folder and not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    try:
+        return os.pathconf(folder or ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def check_destination(logroot, experimentname):
+    """Before anything is loaded or written: the experiment name is one safe path component and --logroot
+    is (or can become) a writable folder. Raises StoreError naming the flag; creates nothing."""
+    name = experimentname
+    if not name or name in (".", "..") or "/" in name or "\0" in name or (os.sep != "/" and os.sep in name):
+        raise StoreError(f"experiment name {name!r}: expected a single folder name (no '/', not '.' or '..', "
+                         f"not empty)")
+    if len(name.encode()) > _name_limit(logroot):
+        raise StoreError(f"experiment name: {len(name.encode())} bytes is longer than the file system allows "
+                         f"({_name_limit(logroot)})")
+    if os.path.exists(logroot) and not os.path.isdir(logroot):
+        raise StoreError(f"--logroot {logroot}: exists and is not a folder")
+    existing = logroot
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    existing = existing or "."
+    if not os.path.isdir(existing):
+        raise StoreError(f"--logroot {logroot}: {existing} is not a folder")
+    for folder in (experiment_dir(logroot, name), logroot, existing):
+        if os.path.isdir(folder):
+            _probe_writable(folder, logroot)
+            break
+
+
+def _probe_writable(folder, logroot):
+    """Create and remove a file in `folder`: permission bits do not tell root about read-only mounts or
+    immutable folders."""
+    probe = os.path.join(folder, f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise StoreError(f"--logroot {logroot}: cannot write in {folder} ({e.strerror})") from None
+
+
+def trial_dir(logroot, experimentname, trial_id):
+    return os.path.join(experiment_dir(logroot, experimentname), trial_id)
+
+
+def _params_path(logroot, experimentname, trial_id):
+    return os.path.join(experiment_dir(logroot, experimentname), METADATA_FOLDER, f"{trial_id}_{PARAMS_SUFFIX}")
+
+
+def _results_path(logroot, experimentname, trial_id):
+    return os.path.join(experiment_dir(logroot, experimentname), METADATA_FOLDER, f"{trial_id}_{RESULT_SUFFIX}")
+
+
+def checkpoint_path(logroot, experimentname, trial_id, name="last.pt"):
+    return os.path.join(trial_dir(logroot, experimentname, trial_id), name)
+
+
+# ---------------------------------------------------------------- small atomic writes
+
+def _io_error(path, e):
+    return StoreError(f"{path}: cannot write ({e.strerror or e})")
+
+
+def write_atomically(path, write):
+    """`write(file_object)` into path.tmp, then rename over path: readers see the old file or the new one.
+    On failure (a full disk) the temporary file is removed and a StoreError names `path`."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise _io_error(path, e) from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _write_json(path, obj):
+    write_atomically(path, lambda f: f.write(json.dumps(obj, sort_keys=True).encode()))
+
+
+# ---------------------------------------------------------------- listing trials
+
+def list_trials(logroot, experimentname):
+    """The parameter files of the experiment's trials, oldest first ([] when there are none)."""
+    folder = os.path.join(experiment_dir(logroot, experimentname), METADATA_FOLDER)
+    if not os.path.isdir(folder):
+        return []
+    trials = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(PARAMS_SUFFIX):
+            trials.append(_read_params(os.path.join(folder, name)))
+    return sorted(trials, key=lambda t: t.get("start_time", ""))
+
+
+def _read_params(path):
+    try:
+        with open(path) as f:
+            params = json.load(f)
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) else " ".join(str(e).split())
+        raise StoreError(f"{path}: not a readable trial parameter file ({reason})") from None
+    if not isinstance(params, dict) or "trial_id" not in params:
+        raise StoreError(f"{path}: not a trial parameter file (no trial_id)")
+    return params
+
+
+def newest_unfinished(logroot, experimentname):
+    """The trial id that --resume continues: the newest trial that has not finished."""
+    trials = list_trials(logroot, experimentname)
+    where = experiment_dir(logroot, experimentname)
+    if not trials:
+        raise CheckpointError(f"--resume: no trial under {where}")
+    unfinished = [t for t in trials if t.get("finished") is not True]
+    if not unfinished:
+        raise CheckpointError(f"--resume: all {len(trials)} trial(s) under {where} have finished; nothing to resume")
+    return unfinished[-1]["trial_id"]
+
+
+# ---------------------------------------------------------------- a trial being written
+
+def _git_hash():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+class Trial:
+    """One trial opened for writing by this process, holding its lock until `close`.
+
+    `open_trial` makes a new one or reopens an existing one; rows go to the result file with `log`,
+    checkpoints with `save_checkpoint`, and `close(finished)` writes the final parameter file.
+    """
+
+    def __init__(self, logroot, experimentname, trial_id, params, lock_file, results_file):
+        self.logroot, self.experimentname, self.trial_id = logroot, experimentname, trial_id
+        self.params = params
+        self.dir = trial_dir(logroot, experimentname, trial_id)
+        self._lock_file = lock_file
+        self._results = results_file
+        self._results_path = _results_path(logroot, experimentname, trial_id)
+
+    def log(self, **row):
+        """Append one result row (`iteration` is the global optimizer step) and flush it to disk."""
+        row["trial_id"] = self.trial_id
+        try:
+            self._results.write(json.dumps(row) + "\n")
+            self._results.flush()
+        except OSError as e:
+            raise _io_error(self._results_path, e) from None
+
+    def save_checkpoint(self, state, name="last.pt"):
+        import torch
+        write_atomically(os.path.join(self.dir, name), lambda f: torch.save(state, f))
+
+    def close(self, finished):
+        """Write the final parameter file (`finished` marks a run that completed all its epochs), unlock."""
+        try:
+            self.params.update(finished=bool(finished), end_time=datetime.datetime.now().isoformat())
+            self._results.close()
+            _write_json(_params_path(self.logroot, self.experimentname, self.trial_id), self.params)
+        finally:
+            self._lock_file.close()
+
+
+def _lock(path, trial_id):
+    """An OS-level lock: released by the kernel when the process dies, so a crash never leaves it stuck."""
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        handle.close()
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise StoreError(f"trial {trial_id} is being written by another process (lock {path}); "
+                             f"wait for it to finish or stop it first") from None
+        raise
+    return handle
+
+
+def open_trial(logroot, experimentname, params, resume_id=None, keep_until_step=0):
+    """A Trial for writing. New (resume_id None): a fresh id and folder. Reopened: the result rows after
+    `keep_until_step` (from an interrupted epoch) are dropped; `params` replaces the parameter file.
+
+    On a write failure nothing new is left behind: a new trial's folder and files are removed."""
+    trial_id = resume_id or uuid.uuid1().hex[:10]
+    folder = trial_dir(logroot, experimentname, trial_id)
+    metadata = os.path.join(experiment_dir(logroot, experimentname), METADATA_FOLDER)
+    created = []
+    try:
+        for path in (logroot, experiment_dir(logroot, experimentname), metadata, folder):
+            if not os.path.isdir(path):
+                os.mkdir(path)
+                created.append(path)
+        lock_file = _lock(os.path.join(folder, LOCK_NAME), trial_id)
+    except OSError as e:
+        _undo(created)
+        raise _io_error(folder, e) from None
+    except StoreError:
+        _undo(created)
+        raise
+    params = {**params, "trial_id": trial_id, "finished": False, "git_hash": _git_hash(),
+              "invocation": " ".join(sys.argv), "start_time": datetime.datetime.now().isoformat()}
+    results_path = _results_path(logroot, experimentname, trial_id)
+    try:
+        if resume_id is not None:
+            old = _params_path(logroot, experimentname, trial_id)
+            params["start_time"] = _read_params(old).get("start_time", params["start_time"]) if os.path.exists(
+                old) else params["start_time"]
+            kept = [row for row in _read_rows(results_path) if (row.get("iteration") or 0) <= keep_until_step]
+            write_atomically(results_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
+        _write_json(_params_path(logroot, experimentname, trial_id), params)
+        results_file = open(results_path, "a")
+    except (OSError, StoreError) as e:
+        lock_file.close()
+        if resume_id is None:
+            for path in (results_path, _params_path(logroot, experimentname, trial_id),
+                         os.path.join(folder, LOCK_NAME)):
+                _remove_quietly(path)
+            _undo(created)
+        raise e if isinstance(e, StoreError) else _io_error(results_path, e) from None
+    return Trial(logroot, experimentname, trial_id, params, lock_file, results_file)
+
+
+def _undo(created):
+    for path in reversed(created):
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
+def _read_rows(path):
+    """The JSON rows of a result file; a last line cut short by a crash is dropped, any other bad line is an
+    error."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                break
+            raise StoreError(f"{path}: line {number} is not valid JSON: the file is damaged") from None
+        if not isinstance(row, dict):
+            raise StoreError(f"{path}: line {number} is not a JSON object")
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def load_checkpoint(path):
+    """A checkpoint's state dict, or a CheckpointError in one line (a damaged file is not a security problem,
+    whatever torch's message suggests)."""
+    import torch
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        kind = "cut short or damaged" if isinstance(e, (EOFError, RuntimeError)) else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint ({kind}); delete it to start the trial "
+                              f"again") from None
+
+
+# ---------------------------------------------------------------- reading results back
+
+def read_results(experiment_folder):
+    """All rows of all trials of an experiment as one pandas DataFrame, through skeletor's reader (each row
+    carries its trial's parameters)."""
+    import skeletor.proc
+    return skeletor.proc.df_from_proj(skeletor.proc.proj(proj_dir=experiment_folder))
+
+
+def read_experiment(experiment_folder):
+    """[(params, rows)] for every trial of an experiment folder; rows are the result rows as dicts.
+
+    Every file is validated first (a damaged line is a StoreError naming the file and line); the rows
+    then come through skeletor's reader when every trial has a result file, as the seed's analysis did.
+    """
+    if not os.path.isdir(experiment_folder):
+        raise StoreError(f"{experiment_folder}: no such folder")
+    folder = os.path.join(experiment_folder, METADATA_FOLDER)
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    params_list = [_read_params(os.path.join(folder, n)) for n in names if n.endswith(PARAMS_SUFFIX)]
+    if not params_list:
+        raise StoreError(f"{experiment_folder}: no trials here (no {METADATA_FOLDER}/*_{PARAMS_SUFFIX}); "
+                         f"give an experiment folder LOGROOT/EXPERIMENT")
+    direct = {p["trial_id"]: _read_rows(os.path.join(folder, f"{p['trial_id']}_{RESULT_SUFFIX}"))
+              for p in params_list}
+    rows_by_id = dict(direct)
+    if all(direct.values()):
+        try:
+            df = read_results(experiment_folder)
+        except Exception as e:  # pandas raises many types
+            raise StoreError(f"{experiment_folder}: skeletor could not read the results ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())})") from None
+        for trial_id, group in df.groupby(df["trial_id"].astype(str), sort=False):
+            records, raw = group.to_dict("records"), direct.get(trial_id, [])
+            if len(records) != len(raw):
+                raise StoreError(f"{experiment_folder}: skeletor read {len(records)} rows of trial {trial_id}, "
+                                 f"its file has {len(raw)}")
+            # skeletor's frame has every column in every row: keep each row's own keys, its values as read
+            rows_by_id[trial_id] = [{k: record[k] for k in row} for record, row in zip(records, raw)]
+    return [(p, rows_by_id.get(str(p["trial_id"]), [])) for p in params_list]
+

@@ -1,0 +1,396 @@
+"""The training library: build a trial's parts from its recipe, and run it (`run_trial`).
+
+Each optimizer step sees --batch_size samples (data.TrainBatches cuts the epoch), split over the ranks and
+then into micro-batches of at most --max_samples_per_gpu. With --loss_weighting per_sample each micro-batch's
+mean loss is weighted by its share of the step's samples, so the accumulated gradient is the mean gradient of
+the whole batch however it is cut. BatchNorm normalises each micro-batch on its own, or groups of
+--ghost_batch_size inside it: accumulation is exact for the network that is computed, which is not the
+network one giant batch would compute. The seed's behaviours (short last step, per-chunk loss division,
+staircase lr, trust ratio with no zero case, uniform BN weights) are recipe options; see README.
+"""
+import contextlib
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import config
+import data
+import models
+import schedulers
+import store
+from lars import LARS, lars_param_groups
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+# ---------------------------------------------------------------- building
+
+def build_optimizer(model, recipe, lr):
+    if recipe.exclude_bn_bias:
+        groups = lars_param_groups(model, recipe.weight_decay)
+    else:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if recipe.optimizer == "LARS":
+        return LARS(groups, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, eta=recipe.eta,
+                    nesterov=recipe.nesterov, momentum_style=recipe.momentum_style, norm_mode=recipe.norm_mode,
+                    trust_clip=recipe.trust_clip, zero_norm_trust=recipe.zero_norm_trust)
+    return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                           nesterov=recipe.nesterov)
+
+
+def build_scheduler(optimizer, recipe, plan):
+    return schedulers.make_scheduler(
+        optimizer, recipe.schedule, total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch,
+        warmup_steps=plan.warmup_steps, warmup_start_lr=recipe.warmup_start_lr, end_lr=recipe.end_lr,
+        power=recipe.poly_power, gamma=plan.resolved_lr_gamma, milestones=plan.resolved_lr_milestones,
+        per_epoch=recipe.lr_update == "epoch")
+
+
+def build_model(recipe, device):
+    """The network, initialised from the global RNG (seed it first)."""
+    model = models.build(recipe.arch, num_classes=data.NUM_CLASSES[recipe.dataset], width=recipe.width,
+                         ghost_batch_size=recipe.ghost_batch_size, zero_init_residual=recipe.zero_init_residual,
+                         bn_weight_init=recipe.bn_weight_init).to(device)
+    if recipe.channels_last == "on":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+@dataclass
+class Parts:
+    """Everything a trial trains with; `net` is `model` wrapped for DDP (or `model` itself)."""
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss_fn: torch.nn.Module
+    autocast: object
+    no_sync: object
+    plan: config.Plan
+    loss_weighting: str
+
+
+def build(recipe, plan, device, world_size=1, compile=False):
+    """A trial's parts from its (resolved) recipe and plan; the model is initialised from recipe.seed."""
+    seed_everything(recipe.seed)
+    model = build_model(recipe, device)
+    optimizer = build_optimizer(model, recipe, plan.scaled_lr)
+    scheduler = build_scheduler(optimizer, recipe, plan)
+    net = model
+    if world_size > 1:
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if compile:
+        net = torch.compile(net)
+        optimizer.step = torch.compile(optimizer.step, fullgraph=True)
+    dtype = AMP_DTYPES[recipe.amp]
+    return Parts(model=model, net=net, optimizer=optimizer, scheduler=scheduler,
+                 scaler=torch.amp.GradScaler(device.type, enabled=recipe.amp == "fp16"),
+                 loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
+                 autocast=lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
+                 no_sync=net.no_sync if world_size > 1 else contextlib.nullcontext, plan=plan,
+                 loss_weighting=recipe.loss_weighting)
+
+
+# ---------------------------------------------------------------- one step, one evaluation
+
+def split_step(images, labels, plan, loss_weighting):
+    """[(images, labels, weight)]: the step's micro-batches and the factor on each one's mean loss.
+
+    per_sample: micro-batches of at most plan.micro_batch, weight n_i / n (the exact mean over the batch).
+    per_chunk (the seed): torch.chunk into plan.micro_batches_per_step chunks, weight 1 / that number
+    whatever each chunk's size (on a short last step the chunks are smaller, and fewer if torch.chunk says so).
+    """
+    n = len(labels)
+    if loss_weighting == "per_chunk":
+        chunks = plan.micro_batches_per_step
+        return [(x, y, 1.0 / chunks) for x, y in zip(images.chunk(chunks), labels.chunk(chunks))]
+    return [(x, y, len(y) / n) for x, y in zip(images.split(plan.micro_batch), labels.split(plan.micro_batch))]
+
+
+def accumulate_gradients(net, micro_batches, loss_fn, autocast=contextlib.nullcontext, scale=lambda loss: loss,
+                         no_sync=contextlib.nullcontext):
+    """Forward/backward over the micro-batches, adding weight * mean loss's gradient into .grad.
+
+    Under DDP `no_sync` defers the all-reduce to the last micro-batch. Returns the summed per-sample loss
+    and the number of correct predictions as device tensors: no host sync.
+    """
+    device = micro_batches[0][1].device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    last = len(micro_batches) - 1
+    for i, (x, y, weight) in enumerate(micro_batches):
+        with no_sync() if i < last else contextlib.nullcontext():
+            with autocast():
+                logits = net(x)
+                loss = loss_fn(logits, y)
+            scale(loss * weight).backward()
+        loss_sum += loss.detach().float() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    return loss_sum, correct
+
+
+def train_step(parts, images, labels):
+    """One optimizer step; returns (summed loss, correct) as device tensors, without a host sync."""
+    micro_batches = split_step(images, labels, parts.plan, parts.loss_weighting)
+    loss_sum, correct = accumulate_gradients(parts.net, micro_batches, parts.loss_fn, parts.autocast,
+                                             parts.scaler.scale, parts.no_sync)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scheduler.step()
+    return loss_sum, correct
+
+
+def all_reduce_sum(tensor, world_size):
+    if world_size > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+@torch.no_grad()
+def evaluate(model, batches, autocast, world_size, show_progress=False):
+    """Test loss, top-1 and top-5 (percent) over every test image of `batches` once; one host sync."""
+    model.eval()
+    device = next(model.parameters()).device
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-5, count
+    for x, y in tqdm(batches, desc="evaluating", leave=False, disable=not show_progress):
+        with autocast():
+            logits = model(x)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        totals[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        totals[1] += (top5[:, 0] == y).sum()
+        totals[2] += (top5 == y[:, None]).any(1).sum()
+        totals[3] += len(y)
+    loss_sum, top1, top5, count = all_reduce_sum(totals, world_size).tolist()
+    return {"test_loss": loss_sum / count, "test_top1": 100 * top1 / count, "test_top5": 100 * top5 / count}
+
+
+# ---------------------------------------------------------------- state
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_states():
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+            "python": random.getstate()}
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    random.setstate(states["python"])
+
+
+def checkpoint_state(parts, recipe, epoch, global_step, best_top1, finished):
+    return {"recipe": config.as_json(recipe), "model": parts.model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
+            "scaler": parts.scaler.state_dict(), "epoch": epoch, "global_step": global_step,
+            "best_top1": best_top1, "rng": rng_states(), "finished": finished}
+
+
+def restore(parts, recipe, state, path):
+    """Load a checkpoint's state into the parts; a checkpoint of another recipe is a CheckpointError."""
+    theirs, ours = state.get("recipe", {}), config.as_json(recipe)
+    differing = [f"--{k} {theirs.get(k)!r} in the checkpoint, {ours.get(k)!r} now"
+                 for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+    if differing:
+        raise store.CheckpointError(f"{path} belongs to another run: " + "; ".join(differing))
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    parts.scaler.load_state_dict(state["scaler"])
+    set_rng_states(state["rng"])
+    return state["epoch"], state["global_step"], state["best_top1"]
+
+
+# ---------------------------------------------------------------- distributed set-up (torchrun)
+
+def init_distributed(cuda):
+    """(rank, world_size, device) from torchrun's environment variables, or a single process."""
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if cuda else "cpu")
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return rank, world_size, device
+
+
+def broadcast_from_master(value, world_size):
+    if world_size == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+# ---------------------------------------------------------------- the run
+
+def prepare(recipe, runtime):
+    """Check everything that can be checked before the data is loaded; returns the resolved recipe."""
+    config.check(recipe, runtime, world_size=int(os.environ.get("WORLD_SIZE", 1)))  # torchrun's, before joining
+    if runtime.cuda and not torch.cuda.is_available():
+        raise config.UsageError("--cuda: CUDA is not available on this machine (drop --cuda to train on the CPU)")
+    store.check_destination(runtime.logroot, runtime.experimentname)
+    return config.resolve(recipe, runtime)
+
+
+def run_trial(recipe, runtime, resume_id=None):
+    """Run one trial to its end (or to --stop_after_epoch); returns a summary dict.
+
+    `resume_id` continues that trial from its checkpoint (from scratch if it has none yet); --resume
+    continues the experiment's newest unfinished trial.
+    """
+    recipe = prepare(recipe, runtime)
+    rank, world_size, device = init_distributed(runtime.cuda)
+    try:
+        return _run(recipe, runtime, resume_id, rank, world_size, device)
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+def _run(recipe, runtime, resume_id, rank, world_size, device):
+    master = rank == 0
+    if runtime.resume and resume_id is None:
+        resume_id = broadcast_from_master(
+            store.newest_unfinished(runtime.logroot, runtime.experimentname) if master else None, world_size)
+    checkpoint = None
+    if resume_id is not None:
+        path = store.checkpoint_path(runtime.logroot, runtime.experimentname, resume_id)
+        checkpoint = store.load_checkpoint(path) if os.path.exists(path) else None
+        if checkpoint is not None and checkpoint["finished"]:
+            if master:
+                print(f"trial {resume_id} already finished all {recipe.epochs} epochs; nothing to do")
+            return {"trial_id": resume_id, "finished": True}
+    torch.backends.cudnn.benchmark = runtime.cuda  # fixed shapes: let cuDNN pick its fastest kernels once
+
+    if not master:  # rank 0 downloads the data (where it must) before the others read it
+        dist.barrier()
+    train_x, train_y, test_x, test_y = data.load_cifar(runtime.dataroot, recipe.dataset)
+    if master and world_size > 1:
+        dist.barrier()
+    if recipe.train_subset:
+        train_x, train_y = data.class_balanced_subset(train_x, train_y, recipe.train_subset, recipe.seed)
+    if recipe.test_subset:
+        test_x, test_y = test_x[:recipe.test_subset], test_y[:recipe.test_subset]
+    plan = config.plan(recipe, len(train_y), world_size)
+    memory_format = dict(channels_last=recipe.channels_last == "on", rank=rank, world_size=world_size,
+                         device=device)
+    train_batches = data.TrainBatches(train_x, train_y, recipe.batch_size, seed=recipe.seed,
+                                      keep_last=recipe.last_batch == "keep", **memory_format)
+    test_batches = data.EvalBatches(test_x, test_y, runtime.eval_batch_size, **memory_format)
+
+    parts = build(recipe, plan, device, world_size, runtime.compile)
+    start_epoch, global_step, best_top1 = 0, 0, -1.0
+    if checkpoint is not None:
+        start_epoch, global_step, best_top1 = restore(parts, recipe, checkpoint, path)
+    trial = None
+    if master:
+        params = {**config.as_json(recipe), **config.as_json(plan), **config.as_json(runtime),
+                  "recipe_keys": list(config.RECIPE_KEYS)}
+        trial = store.open_trial(runtime.logroot, runtime.experimentname, params, resume_id, global_step)
+        print(f"trial {trial.trial_id} in {trial.dir}: {recipe.optimizer} {recipe.arch}(width {recipe.width}) on "
+              f"{recipe.dataset}, batch {recipe.batch_size} = {world_size} rank(s) x "
+              f"{plan.micro_batches_per_step} micro-batch(es) of {plan.micro_batch}, lr {recipe.lr} scaled to "
+              f"{plan.scaled_lr:.6g} ({recipe.lr_scaling}), {plan.steps_per_epoch} steps/epoch, "
+              f"{'resuming after epoch ' + str(start_epoch) if checkpoint else 'from scratch'}, device {device}",
+              flush=True)
+    last_epoch = min(recipe.epochs, runtime.stop_after_epoch or recipe.epochs)
+    finished = False
+    show_progress = master and sys.stderr.isatty()
+    try:
+        for epoch in range(start_epoch, last_epoch):
+            parts.net.train()
+            started = time.perf_counter()
+            interval_sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
+            interval_samples = epoch_samples = 0
+            epoch_loss_sum = epoch_correct = 0.0
+            bar = tqdm(train_batches.epoch(epoch), total=plan.steps_per_epoch, leave=False,
+                       desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not show_progress)
+            for step, (images, labels) in enumerate(bar, 1):
+                lr = parts.optimizer.param_groups[0]["lr"]
+                loss_sum, correct = train_step(parts, images, labels)
+                global_step += 1
+                interval_sums += torch.stack([loss_sum.double(), correct.double()])
+                interval_samples += len(labels) * world_size
+                # The host reads the loss only every --log_interval steps (and at the epoch's end): a read
+                # waits for the device, so reading every step would serialise CPU and GPU. The cost: a
+                # NaN is noticed up to log_interval steps late (the last good checkpoint is kept).
+                if step % runtime.log_interval and step < plan.steps_per_epoch:
+                    continue
+                loss_sum, correct = all_reduce_sum(interval_sums, world_size).tolist()  # the interval's one sync
+                loss, top1 = loss_sum / interval_samples, 100 * correct / interval_samples
+                check_finite(loss, epoch, global_step, lr)
+                if master:
+                    trial.log(iteration=global_step, kind="step", epoch=epoch + 1, learning_rate=lr,
+                              train_loss=loss, train_top1=top1)
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
+                epoch_loss_sum, epoch_correct = epoch_loss_sum + loss_sum, epoch_correct + correct
+                epoch_samples += interval_samples
+                interval_sums.zero_()
+                interval_samples = 0
+            train_seconds = time.perf_counter() - started
+            if world_size > 1:  # every rank evaluates (and rank 0 saves) rank 0's BatchNorm statistics
+                for buffer in parts.model.buffers():
+                    dist.broadcast(buffer, src=0)
+            metrics = evaluate(parts.model, test_batches, parts.autocast, world_size, show_progress)
+            best_top1 = max(best_top1, metrics["test_top1"])
+            if master:
+                row = {"kind": "epoch", "epoch": epoch + 1, "learning_rate": lr,
+                       "train_loss": epoch_loss_sum / epoch_samples, "train_top1": 100 * epoch_correct / epoch_samples,
+                       **metrics,
+                       "epoch_seconds": time.perf_counter() - started,
+                       "images_per_s": epoch_samples / train_seconds, "batch_size": recipe.batch_size}
+                trial.log(iteration=global_step, **row)
+                print(f"epoch {epoch + 1:>3}/{recipe.epochs}  last lr {lr:.4g}  train loss {row['train_loss']:.4f} "
+                      f"acc {row['train_top1']:.2f}%  test loss {row['test_loss']:.4f} acc {row['test_top1']:.2f}% "
+                      f"(top-5 {row['test_top5']:.2f}%)  {row['epoch_seconds']:.1f}s  "
+                      f"{row['images_per_s']:.0f} img/s", flush=True)
+                done = epoch + 1
+                state = None
+                if done % runtime.checkpoint_every == 0 or done == last_epoch:
+                    state = checkpoint_state(parts, recipe, done, global_step, best_top1, done == recipe.epochs)
+                    trial.save_checkpoint(state, "last.pt")
+                if metrics["test_top1"] == best_top1:
+                    trial.save_checkpoint(state or checkpoint_state(parts, recipe, done, global_step, best_top1,
+                                                                    done == recipe.epochs), "best.pt")
+        finished = last_epoch == recipe.epochs
+    finally:
+        if master:
+            trial.close(finished)
+    if master:
+        print(("finished" if finished else f"stopped after epoch {last_epoch} as asked; continue with --resume")
+              + f": results in {trial.dir}", flush=True)
+    return {"trial_id": trial.trial_id if master else resume_id, "finished": finished, "best_top1": best_top1}
+
+
+def check_finite(loss, epoch, global_step, lr):
+    if not math.isfinite(loss):
+        raise Diverged(f"training loss is {loss} at epoch {epoch + 1}, by step {global_step} (lr {lr:.4g}); "
+                       f"stopped, last good checkpoint kept")
