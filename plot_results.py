@@ -33,6 +33,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 
 class ResultsError(Exception):
@@ -242,9 +243,10 @@ def recipe_label(experiment, points):
     return f"{experiment} ({'/'.join(opts)})"
 
 
-# Colour-blind-safe colours (Okabe-Ito, then tab10), no black or grey: those mark the seed's references.
-PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#9467BD", "#8C564B",
-           "#BCBD22", "#17BECF"]
+# Colour-blind-safe colours (Okabe-Ito without yellow, plus a purple); no black or grey: those mark the
+# seed's references. Ordered so that the project's configs (seed_table, lars_tuned, sgd_nesterov_tuned,
+# sgd_baseline) hash to four clearly different colours. More than 7 recipes in one figure repeat colours.
+PALETTE = ["#0072B2", "#D55E00", "#E69F00", "#009E73", "#6A3D9A", "#56B4E9", "#CC79A7"]
 
 
 def recipe_colours(names):
@@ -272,7 +274,7 @@ def _shade(colour, i, n):
     if f < 0.5:
         a = (0.5 - f) * 1.0
         return (r + (1 - r) * a, g + (1 - g) * a, b + (1 - b) * a)
-    a = (f - 0.5) * 0.7
+    a = (f - 0.5) * 0.6
     return (r * (1 - a), g * (1 - a), b * (1 - a))
 
 
@@ -285,10 +287,11 @@ def scale_description(trials):
     subset, epochs = parse(values("train_subset")), parse(values("epochs"))
     text = "/".join(map(str, arch))
     if width != [SEED_SCALE["width"]]:
-        text += f" (width {'/'.join(map(str, width))})"
-    text += " on " + "/".join(DATASET_NAMES.get(d, str(d)) for d in dataset)
+        text += f" width {'/'.join(map(str, width))}"
+    text += " on "
     if subset != [0]:
-        text += f" ({'/'.join('all' if not s else str(s) for s in subset)} train images)"
+        text += f"{'/'.join('all' if not s else str(s) for s in subset)} training images of "
+    text += "/".join(DATASET_NAMES.get(d, str(d)) for d in dataset)
     text += f", {'/'.join(map(str, epochs))} epochs"
     same = all(values(k) == [_key(v)] for k, v in SEED_SCALE.items())
     return text, same
@@ -310,7 +313,7 @@ def _figure(width, height, footer_lines, **kw):
     sample = "Reproduce: python plot_results.py logs/experiment --out plots, mean over seeds 0123456789"
     text.set_text(sample)
     char = text.get_window_extent(fig.canvas.get_renderer()).width / len(sample)
-    chars = max(20, int(fig.bbox.width * 0.97 / char) - 2)
+    chars = max(20, int(fig.bbox.width * 0.94 / char))
     lines = [w for line in footer_lines if line for w in textwrap.wrap(line, chars)]
     text.set_text("\n".join(lines))
     foot = (len(lines) * FOOT_SIZE * 1.3 + 5) / 72  # inches
@@ -320,9 +323,9 @@ def _figure(width, height, footer_lines, **kw):
     return fig, axes
 
 
-def _fit_title(fig, text):
-    """A suptitle shrunk until it fits the figure's width."""
-    title = fig.suptitle(text)
+def _fit_title(fig, text, subtitle=None):
+    """A suptitle (and a second line), shrunk until it fits the figure's width."""
+    title = fig.suptitle(text + (f"\n{subtitle}" if subtitle else ""), linespacing=1.4)
     renderer = fig.canvas.get_renderer()
     size = title.get_fontsize()
     while size > 5 and title.get_window_extent(renderer).width > fig.bbox.width * 0.96:
@@ -352,9 +355,10 @@ def fig_accuracy_vs_batch(points, colours, scale, command, note):
               f"bars: {SPREAD}; n per point in results_table.md."
               + (" Where a batch size has a setting sweep, its best setting is on the line, the others are "
                  "faint dots (see setting_*.png)." if has_sweep else "")
-              + (" Hollow: includes unfinished trials." if has_partial else ""),
+              + (" Hollow: includes unfinished trials." if has_partial else "")
+              + (" x: a diverged seed (NaN/inf loss), included in the mean." if any(p["diverged"] for p in drawn) else ""),
               "Seed's tables: LARS, ResNet18, CIFAR-10, 200 epochs." + (
-                  "" if seed_scale else f" NOTE: these trials ({scale_text}) are at a different scale; "
+                  "" if seed_scale else f" NOTE: these trials are at a different scale ({scale_text}); "
                                         f"the seed's numbers are not directly comparable.")]
     fig, ax = _figure(WIDE, 3.0, _footer(footer, command, note))
     k = len(experiments)
@@ -371,6 +375,9 @@ def fig_accuracy_vs_batch(points, colours, scale, command, note):
         for p, x, y in zip(ps, xs, ys):
             ax.plot([x], [y], "o", color=colour, markersize=4, zorder=4,
                     markerfacecolor="white" if p["partial"] else colour)
+        bad = [(p["batch_size"] * dodge, t["final_top1"]) for p in ps for t in p["diverged"] if t["final_top1"] is not None]
+        if bad:
+            ax.plot(*zip(*bad), "x", color=colour, markersize=6, markeredgewidth=1.5, zorder=5)
         others = [p for p in points if p["experiment"] == exp and p["mean"] is not None and p not in ps]
         if others:
             ax.plot([p["batch_size"] * dodge for p in others], [p["mean"] for p in others], ".", color=colour,
@@ -384,8 +391,8 @@ def fig_accuracy_vs_batch(points, colours, scale, command, note):
     for d in datasets:
         chance = 100 / NUM_CLASSES.get(d, 10)
         ax.axhline(chance, color="0.6", linestyle=":", linewidth=1, zorder=1)
-        ax.annotate(f"chance ({DATASET_NAMES.get(d, d)}, {chance:g}%)", (1, chance), xycoords=("axes fraction", "data"),
-                    xytext=(-2, 2), textcoords="offset points", ha="right", va="bottom", fontsize=6, color="0.4")
+        ax.annotate(f"chance ({DATASET_NAMES.get(d, d)}, {chance:g}%)", (0, chance), xycoords=("axes fraction", "data"),
+                    xytext=(3, 2), textcoords="offset points", ha="left", va="bottom", fontsize=6, color="0.4")
     sizes = sorted({p["batch_size"] for p in points if p["batch_size"]} | set(seed_x))
     _batch_ticks(ax, sizes)
     ax.set_xlim(sizes[0] / 1.4, sizes[-1] * 1.4)
@@ -393,12 +400,12 @@ def fig_accuracy_vs_batch(points, colours, scale, command, note):
     ax.set_xlabel("batch size (log scale)")
     ax.set_ylabel("final test top-1 (%)")
     ax.grid(True, alpha=0.25, linewidth=0.5)
-    fig.legend(loc="outside right upper", frameon=False)
-    _fit_title(fig, f"Final test top-1 vs batch size: {scale_text}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False)
+    _fit_title(fig, "Final test top-1 vs batch size", scale_text)
     return fig
 
 
-def _curve_legend(fig, experiments, colours, points, batch_sizes, extra=()):
+def _curve_legend(ax, experiments, colours, points, batch_sizes, extra=()):
     handles = [Line2D([], [], color=colours[e], linewidth=2, label=recipe_label(e, points)) for e in experiments]
     handles.append(Line2D([], [], linestyle="none", label=""))
     handles.append(Line2D([], [], linestyle="none", label="batch size:"))
@@ -406,7 +413,8 @@ def _curve_legend(fig, experiments, colours, points, batch_sizes, extra=()):
         handles.append(Line2D([], [], color=_shade("#404040", i, len(batch_sizes)), linewidth=1.2,
                               linestyle=LINESTYLES[i % len(LINESTYLES)], label=str(b)))
     handles.extend(extra)
-    fig.legend(handles=handles, loc="outside right upper", frameon=False, handlelength=2.6)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False,
+              handlelength=2.6)
 
 
 def _mean_curve(trials, key, include):
@@ -433,12 +441,15 @@ def fig_test_curves(points, colours, scale, command, note):
     drawn = line_points(points)
     experiments = sorted({p["experiment"] for p in drawn})
     batch_sizes = sorted({p["batch_size"] for p in drawn})
+    diverged = any(p["diverged"] for p in drawn)
     footer = [f"Test top-1 after each epoch, mean over seeds; band: {SPREAD}. Colour: experiment; shade "
-              f"and dash: batch size." + (" Batch sizes with a setting sweep show their best setting."
+              f"and dash: batch size." + (" Diverged trials are left out (marked in train_loss)." if diverged else "")
+              + (" Batch sizes with a setting sweep show their best setting."
                                           if len(drawn) < len([p for p in points if p["mean"] is not None]) else "")]
     fig, (ax_e, ax_s) = _figure(WIDE, 2.8, _footer(footer, command, note), ncols=2)
     for p in drawn:
-        curve = _mean_curve(p["trials"], "test_top1", lambda t: True)
+        healthy = [t for t in p["trials"] if t["diverged_epoch"] is None] or p["trials"]
+        curve = _mean_curve(healthy, "test_top1", lambda t: True)
         if not curve:
             continue
         style = _style(p, colours, batch_sizes)
@@ -446,7 +457,7 @@ def fig_test_curves(points, colours, scale, command, note):
         steps, mean, lo, hi = (list(v) for v in zip(*curve.values()))
         for ax, xs in ((ax_e, epochs), (ax_s, steps)):
             ax.plot(xs, mean, linewidth=1.1, **style)
-            if p["n_final"] > 1:
+            if len(healthy) > 1:
                 ax.fill_between(xs, lo, hi, color=style["color"], alpha=0.18, linewidth=0)
     ax_e.set_xlabel("epoch")
     ax_s.set_xlabel("optimizer steps (log scale)")
@@ -456,8 +467,9 @@ def fig_test_curves(points, colours, scale, command, note):
         ax.grid(True, alpha=0.25, linewidth=0.5)
     ax_e.set_title("vs epoch")
     ax_s.set_title("vs optimizer steps")
-    _curve_legend(fig, experiments, colours, points, batch_sizes)
-    _fit_title(fig, f"Test top-1 during training: {scale[0]}")
+    ax_e.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _curve_legend(ax_s, experiments, colours, points, batch_sizes)
+    _fit_title(fig, "Test top-1 during training", scale[0])
     return fig
 
 
@@ -489,6 +501,10 @@ def fig_train_loss(points, colours, scale, command, note):
     if healthy_values:
         lo, hi = min(healthy_values), max(healthy_values)
         ax.set_ylim(lo / 1.3, hi * 1.6)
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)  # 0.1, 1 rather than 10^-1, 10^0
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_minor_formatter(plain if hi / lo < 30 else NullFormatter())  # label 2, 3, ... in a narrow range
     top = ax.get_ylim()[1]
     for p, t in diverged:
         before = [v for e, v in zip(t["epoch"], t["train_loss"]) if math.isfinite(v) and e < t["diverged_epoch"]]
@@ -500,8 +516,9 @@ def fig_train_loss(points, colours, scale, command, note):
     ax.grid(True, which="both", alpha=0.2, linewidth=0.5)
     extra = [Line2D([], [], linestyle="none", marker="x", color="black", markeredgewidth=1.5,
                     label="diverged (NaN/inf)")] if diverged else []
-    _curve_legend(fig, experiments, colours, points, batch_sizes, extra)
-    _fit_title(fig, f"Training loss: {scale[0]}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _curve_legend(ax, experiments, colours, points, batch_sizes, extra)
+    _fit_title(fig, "Training loss", scale[0])
     return fig
 
 
@@ -604,7 +621,7 @@ def results_table(trials, title=None):
              "(training + evaluation), mean per seed, in minutes. Seed = the seed's published LARS numbers for "
              "the same batch size (poly power 2 / power 1; ResNet18, CIFAR-10, 200 epochs)"
              + (", for reference only." if seed_scale else
-                f"; these trials are at a different scale ({scale_text}), so they are not directly comparable."),
+                f"; these trials are at a different scale ({scale_text}): not directly comparable."),
              "Notes: partial = trials not finished (still running or stopped early); diverged = NaN/inf loss; "
              "test subset = test accuracy measured on a subset of the test set.", "",
              "| " + " | ".join(columns) + " |",

@@ -164,6 +164,8 @@ def test_legends_outside_axes_and_texts_inside_figure(figures):
             assert legends, f"{name}: no legend"
         title = fig._suptitle
         assert title is not None and title.get_text()
+        for legend in legends:
+            assert not legend.get_window_extent(renderer).overlaps(title.get_window_extent(renderer)), name
         texts = [title] + list(fig.texts) + [ax.title for ax in fig.axes if ax.get_visible()]
         for text in texts:
             box = text.get_window_extent(renderer)
@@ -179,7 +181,7 @@ def test_accuracy_vs_batch_has_error_bars_references_and_chance(figures):
     assert len(bars) == 3  # one per experiment
     spans = [seg[1][1] - seg[0][1] for c in bars for col in c.lines[2] for seg in col.get_segments()]
     assert any(s > 0 for s in spans)  # several seeds: a visible spread
-    labels = [h.get_label() for h in figures["accuracy_vs_batch"].legends[0].legend_handles]
+    labels = [h.get_label() for h in figures["accuracy_vs_batch"].axes[0].get_legend().legend_handles]
     assert labels[:3] == ["lars_tuned (LARS)", "seed_table (LARS)", "sgd_nesterov_tuned (SGD)"]
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert list(lines["seed's table, poly power 2"].get_ydata()) == [89.39, 85.45, 81.2, 73.41, 64.13]
@@ -231,9 +233,9 @@ def test_colour_per_recipe_is_deterministic_and_shared(figures):
     colours = plot_results.recipe_colours(EXPERIMENTS)
     assert colours == plot_results.recipe_colours(reversed(EXPERIMENTS)) and len(set(colours.values())) == 3
     assert plot_results.recipe_colours(["lars_tuned"])["lars_tuned"] == colours["lars_tuned"] or True
-    handles = {h.get_label(): h.get_color() for h in figures["test_accuracy_curves"].legends[0].legend_handles
+    handles = {h.get_label(): h.get_color() for h in figures["test_accuracy_curves"].axes[1].get_legend().legend_handles
                if hasattr(h, "get_color")}
-    acc = {h.get_label(): h.get_color() for h in figures["accuracy_vs_batch"].legends[0].legend_handles}
+    acc = {h.get_label(): h.get_color() for h in figures["accuracy_vs_batch"].axes[0].get_legend().legend_handles}
     for label in ("lars_tuned (LARS)", "seed_table (LARS)", "sgd_nesterov_tuned (SGD)"):
         assert handles[label] == acc[label] == colours[label.split(" ")[0]]
 
