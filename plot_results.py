@@ -356,7 +356,8 @@ def fig_accuracy_vs_batch(points, colours, scale, command, note):
               + (" Where a batch size has a setting sweep, its best setting is on the line, the others are "
                  "faint dots (see setting_*.png)." if has_sweep else "")
               + (" Hollow: includes unfinished trials." if has_partial else "")
-              + (" x: a diverged seed (NaN/inf loss), included in the mean." if any(p["diverged"] for p in drawn) else ""),
+              + (" x: a diverged seed (NaN/inf loss), included in the mean."
+                 if any(p["diverged"] for p in drawn) else ""),
               "Seed's tables: LARS, ResNet18, CIFAR-10, 200 epochs." + (
                   "" if seed_scale else f" NOTE: these trials are at a different scale ({scale_text}); "
                                         f"the seed's numbers are not directly comparable.")]
@@ -375,7 +376,8 @@ def fig_accuracy_vs_batch(points, colours, scale, command, note):
         for p, x, y in zip(ps, xs, ys):
             ax.plot([x], [y], "o", color=colour, markersize=4, zorder=4,
                     markerfacecolor="white" if p["partial"] else colour)
-        bad = [(p["batch_size"] * dodge, t["final_top1"]) for p in ps for t in p["diverged"] if t["final_top1"] is not None]
+        bad = [(p["batch_size"] * dodge, t["final_top1"]) for p in ps for t in p["diverged"]
+               if t["final_top1"] is not None]
         if bad:
             ax.plot(*zip(*bad), "x", color=colour, markersize=6, markeredgewidth=1.5, zorder=5)
         others = [p for p in points if p["experiment"] == exp and p["mean"] is not None and p not in ps]
@@ -391,7 +393,8 @@ def fig_accuracy_vs_batch(points, colours, scale, command, note):
     for d in datasets:
         chance = 100 / NUM_CLASSES.get(d, 10)
         ax.axhline(chance, color="0.6", linestyle=":", linewidth=1, zorder=1)
-        ax.annotate(f"chance ({DATASET_NAMES.get(d, d)}, {chance:g}%)", (0, chance), xycoords=("axes fraction", "data"),
+        ax.annotate(f"chance ({DATASET_NAMES.get(d, d)}, {chance:g}%)", (0, chance),
+                    xycoords=("axes fraction", "data"),
                     xytext=(3, 2), textcoords="offset points", ha="left", va="bottom", fontsize=6, color="0.4")
     sizes = sorted({p["batch_size"] for p in points if p["batch_size"]} | set(seed_x))
     _batch_ticks(ax, sizes)
@@ -613,7 +616,7 @@ def results_table(trials, title=None):
     points = group_points([t if "recipe" in t else summarize(t) for t in trials])
     scale_text, seed_scale = scale_description([t for p in points for t in p["trials"]])
     columns = ["experiment", "optimizer", "batch size", "setting", "seeds", "final top-1 (%)", "min-max (%)",
-               "steps", "epochs", "wall time per seed (min)", "seed's top-1 (%) power 2 / 1", "notes"]
+               "steps", "epochs", "wall time per seed (min)", "seed's LARS top-1 (%) power 2 / 1", "notes"]
     lines = [f"# {title or 'Results'}: {scale_text}", "",
              "One row per experiment, batch size and setting (the recipe keys that vary among the trials of one "
              "batch size). Final top-1 = test top-1 after the last completed epoch, mean over seeds; min-max = "

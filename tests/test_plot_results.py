@@ -232,7 +232,7 @@ def test_setting_figures_panel_per_sweep(figures):
 def test_colour_per_recipe_is_deterministic_and_shared(figures):
     colours = plot_results.recipe_colours(EXPERIMENTS)
     assert colours == plot_results.recipe_colours(reversed(EXPERIMENTS)) and len(set(colours.values())) == 3
-    assert plot_results.recipe_colours(["lars_tuned"])["lars_tuned"] == colours["lars_tuned"] or True
+    assert plot_results.recipe_colours(["lars_tuned"]) == {"lars_tuned": colours["lars_tuned"]}  # by name alone
     handles = {h.get_label(): h.get_color() for h in figures["test_accuracy_curves"].axes[1].get_legend().legend_handles
                if hasattr(h, "get_color")}
     acc = {h.get_label(): h.get_color() for h in figures["accuracy_vs_batch"].axes[0].get_legend().legend_handles}
@@ -261,9 +261,10 @@ def test_table_rows_are_means_over_seeds(logs, tmp_path):
         minutes = sum(sum(x["epoch_seconds"] for x in r) for _, r in seeds) / len(seeds) / 60
         assert row["wall time per seed (min)"] == f"{minutes:.1f}"
     by = {(r["experiment"], int(r["batch size"]), r["setting"]): r for r in rows}
-    assert by[("seed_table", 64, "—")]["seed's top-1 (%) power 2 / 1"] == "89.39 / 89.97"
-    assert by[("seed_table", 1024, "—")]["seed's top-1 (%) power 2 / 1"] == "81.20 / 83.05"
-    assert by[("lars_tuned", 1024, "lr=1, max_samples_per_gpu=512")]["seed's top-1 (%) power 2 / 1"] == "81.20 / 83.05"
+    assert by[("seed_table", 64, "—")]["seed's LARS top-1 (%) power 2 / 1"] == "89.39 / 89.97"
+    assert by[("seed_table", 1024, "—")]["seed's LARS top-1 (%) power 2 / 1"] == "81.20 / 83.05"
+    seed_column = "seed's LARS top-1 (%) power 2 / 1"
+    assert by[("lars_tuned", 1024, "lr=1, max_samples_per_gpu=512")][seed_column] == "81.20 / 83.05"
     assert "diverged: 1 of 3 seeds (epoch 3)" in by[("seed_table", 16384, "—")]["notes"]
     sgd = by[("sgd_nesterov_tuned", 1024, "—")]
     assert sgd["epochs"] == "2–4/4" and "partial: 1 of 2 seeds at 2/4 epochs" in sgd["notes"]
