@@ -353,8 +353,8 @@ def fig_accuracy_vs_batch(points, colours, scale, command, note):
     has_partial = any(p["partial"] for p in drawn)
     footer = [f"Points: mean over seeds of the final test top-1 (after the last completed epoch); "
               f"bars: {SPREAD}; n per point in results_table.md."
-              + (" Where a batch size has a setting sweep, its best setting is on the line, the others are "
-                 "faint dots (see setting_*.png)." if has_sweep else "")
+              + (" Where a batch size has a setting sweep, its best setting (by this same test top-1, so an "
+                 "optimistic pick) is on the line, the others are faint dots (see setting_*.png)." if has_sweep else "")
               + (" Hollow: includes unfinished trials." if has_partial else "")
               + (" x: a diverged seed (NaN/inf loss), included in the mean."
                  if any(p["diverged"] for p in drawn) else ""),
@@ -681,8 +681,13 @@ def write_all(trials, out_dir, command=None, note=None, title=None):
     """Every output into a temporary folder first, then moved into `out_dir` (nothing half-written)."""
     figures = build_figures(trials, command, note)  # may raise ResultsError: before anything is written
     text = results_table(trials, title)
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".plot_results-", dir=out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".plot_results-", dir=out_dir)
+    except OSError as e:
+        for fig in figures.values():
+            plt.close(fig)
+        raise ResultsError(f"{out_dir}: cannot write the outputs here ({e.strerror or e})") from None
     try:
         names = save_figures(figures, tmp)
         with open(os.path.join(tmp, TABLE), "w") as f:

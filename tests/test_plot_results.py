@@ -346,3 +346,14 @@ def test_existing_output_folder_keeps_other_files(logs, tmp_path):
     names = set(os.listdir(out))
     assert "keep.txt" in names and "results_table.md" in names and not any(n.startswith(".") for n in names)
     assert not any(n.startswith("setting_") for n in names)  # seed_table sweeps nothing
+
+
+def test_output_path_that_is_a_file_is_one_line_exit_2(logs, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.write_text("a file")
+    with pytest.raises(SystemExit) as exit_info:
+        plot_results.main([os.path.join(logs[0], "seed_table"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"plot_results.py: error: {out}: cannot write")
+    assert out.read_text() == "a file"
