@@ -1,18 +1,22 @@
-"""Figures and the results table from logged trials (complete or still running).
+"""Paper figures and a results table from logged trials (complete or still running).
 
-    python plot_results.py logs/seed_table logs/sgd_baseline --out images/
+    python plot_results.py logs/seed_table logs/lars_tuned logs/sgd_nesterov_tuned --out images/study
 
-Each argument is an experiment folder (LOGROOT/EXPERIMENT). Writes into --out:
-  lars_test_curves.png/.pdf   test top-1 against epoch, one line per trial
-  train_loss_curves.png       per-epoch training loss against epoch
-  accuracy_vs_batch_size.png  final and best test top-1 against batch size, beside the seed's published table
-  results_table.md            one row per trial, with the seed's number for the same batch size
+Each argument is an experiment folder (LOGROOT/EXPERIMENT, one config). Writes into --out (default ./plots):
+  accuracy_vs_batch.png/.pdf     final test top-1 against batch size: one line per experiment (mean over
+                                 seeds, min-max bars), the seed's published tables, chance
+  test_accuracy_curves.png/.pdf  test top-1 against epoch and against optimizer steps
+  train_loss.png/.pdf            training loss (log scale) against epoch; diverged trials marked with an x
+  setting_<key>.png/.pdf         where an experiment sweeps a setting (lr, schedule, ...) at a fixed batch
+                                 size: final test top-1 against that setting
+  results_table.md               one row per (experiment, batch size, setting)
 
-"Final" is the evaluation after the last completed epoch; "best" the highest test top-1 over completed
-epochs. A trial that is still running or stopped early (`finished` false in its param map) is marked
-"partial" in the table and drawn dashed. The rows are read with skeletor's reader (tracking.read_results);
-a trial it cannot read (no result file yet, ids it cannot match) is read from track's files directly.
-Nothing is written unless every folder reads cleanly.
+Grouping: a trial's param map lists in `recipe_keys` the parameters that define what it computes. Within
+one experiment, trials that share every recipe key except `seed` are the seeds of one point; a recipe key
+(other than batch_size and seed) that takes several values among the trials of one batch size is a
+"setting" of that batch size. "Final" is the evaluation after the last completed epoch; the spread over
+seeds is min-max. A trial is diverged when a logged loss is NaN or infinite, partial when it has not
+completed all its epochs (`finished` false). Nothing is written unless every folder reads cleanly.
 """
 import argparse
 import json
@@ -21,65 +25,52 @@ import os
 import shutil
 import sys
 import tempfile
+import textwrap
+import zlib
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-# The seed's published table: ResNet18 on CIFAR-10, LARS, 200 epochs, test top-1 (%) by batch size.
-SEED_LARS = {64: 89.39, 256: 85.45, 1024: 81.2, 4096: 73.41, 16384: 64.13}
-# The seed's text: SGD with momentum at batch 128 reached about this.
-SEED_SGD = (128, 93.5)
-OUTPUTS = ("lars_test_curves.png", "lars_test_curves.pdf", "train_loss_curves.png", "accuracy_vs_batch_size.png",
-           "results_table.md")
-FIGSIZE, DPI = (7, 4.5), 150
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 
 class ResultsError(Exception):
-    """Results that cannot be read; the message starts with the offending path."""
+    """Results that cannot be read or used; the message starts with the offending path."""
 
 
-# ---------------------------------------------------------------- reading
-
-def _read_json_lines(path):
-    rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise ResultsError(f"{path}: line {number} is not valid JSON ({e}); the file is corrupt "
-                                   f"or cut short") from None
-            if not isinstance(row, dict):
-                raise ResultsError(f"{path}: line {number} is not a JSON object")
-            rows.append(row)
-    return rows
-
-
-def _epoch_rows(rows):
-    """The per-epoch rows, one per epoch (the last logged wins), in epoch order."""
-    by_epoch = {}
-    for row in rows:
-        if row.get("kind") == "epoch" and row.get("epoch") is not None:
-            by_epoch[int(row["epoch"])] = row
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
+# ================================================================ reading (the only part that touches files)
 
 def read_experiment(path):
-    """[trial dict] for one experiment folder: params, epoch rows and summary numbers."""
-    import track.constants as tc
+    """Read one experiment folder LOGROOT/EXPERIMENT (track-ml layout) into a list of plain dicts, one per
+    trial, in trial-id order:
+
+        {"experiment": str,        # the folder's name
+         "path": str,              # the experiment folder, as given
+         "param_path": str,        # LOGROOT/EXPERIMENT/trials/<id>_param_map.json (named in error messages)
+         "trial_id": str,
+         "params": dict,           # the param map as stored (recipe_keys, batch_size, epochs, finished, ...)
+         "epochs": [dict, ...]}    # the rows with kind == "epoch", one per epoch (the last logged wins),
+                                   # in epoch order; [] when none has completed yet
+
+    Raises ResultsError (message starting with the offending path) for a missing folder, a folder without
+    trials, an unreadable param map or result line, or an experiment none of whose trials finished an epoch.
+    """
+    try:
+        from track.constants import CONFIG_SUFFIX, METADATA_FOLDER, RESULT_SUFFIX
+    except ImportError:  # track-ml's names, for reading without track installed
+        CONFIG_SUFFIX, METADATA_FOLDER, RESULT_SUFFIX = "param_map.json", "trials", "result.json"
 
     if not os.path.isdir(path):
         raise ResultsError(f"{path}: no such directory")
-    folder = os.path.join(path, tc.METADATA_FOLDER)
+    folder = os.path.join(path, METADATA_FOLDER)
     names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-    param_files = [n for n in names if n.endswith(tc.CONFIG_SUFFIX)]
+    param_files = [n for n in names if n.endswith("_" + CONFIG_SUFFIX)]
     if not param_files:
-        raise ResultsError(f"{path}: no trials here (no {tc.METADATA_FOLDER}/*_{tc.CONFIG_SUFFIX}); "
+        raise ResultsError(f"{path}: no trials here (no {METADATA_FOLDER}/*_{CONFIG_SUFFIX}); "
                            f"give an experiment folder LOGROOT/EXPERIMENT")
+    experiment = os.path.basename(os.path.normpath(path))
     trials = []
     for name in param_files:
         param_path = os.path.join(folder, name)
@@ -90,263 +81,656 @@ def read_experiment(path):
             raise ResultsError(f"{param_path}: not a readable trial parameter file ({e})") from None
         if not isinstance(params, dict) or "trial_id" not in params:
             raise ResultsError(f"{param_path}: not a trial parameter file (no trial_id)")
-        result_path = os.path.join(folder, f"{params['trial_id']}_{tc.RESULT_SUFFIX}")
-        direct = _read_json_lines(result_path) if os.path.exists(result_path) else []  # validates every line
-        trials.append({"params": params, "result_path": result_path, "direct_rows": direct})
-
-    rows_by_id = {}
-    if all(t["direct_rows"] for t in trials):  # skeletor's reader needs every trial's result file
-        import tracking
-        try:
-            df = tracking.read_results(path)
-        except Exception as e:  # pandas raises many types
-            raise ResultsError(f"{path}: skeletor could not read the results ({type(e).__name__}: "
-                               f"{' '.join(str(e).split())})") from None
-        for trial_id, group in df.groupby(df["trial_id"].astype(str), sort=False):
-            rows_by_id[trial_id] = [{k: v for k, v in row.items() if not _isnan(v)}
-                                    for row in group.to_dict("records")]
-    experiment = os.path.basename(os.path.normpath(path))
-    out = []
-    for t in trials:
-        params = t["params"]
-        rows = rows_by_id.get(str(params["trial_id"]), t["direct_rows"])
-        epochs = _epoch_rows(rows)
-        planned = params.get("epochs")
-        done = int(epochs[-1]["epoch"]) if epochs else 0
-        finished = params.get("finished") is True and planned is not None and done >= planned
-        out.append({
-            "experiment": experiment, "path": path, "trial_id": str(params["trial_id"]),
-            "batch_size": params.get("batch_size"), "optimizer": params.get("optimizer", "?"),
-            "epochs_planned": planned, "epochs_done": done, "finished": finished,
-            "epoch": [int(r["epoch"]) for r in epochs],
-            "test_top1": [float(r["test_top1"]) for r in epochs],
-            "train_loss": [float(r["train_loss"]) for r in epochs],
-            "final_top1": float(epochs[-1]["test_top1"]) if epochs else None,
-            "best_top1": max(float(r["test_top1"]) for r in epochs) if epochs else None,
-            "wall_seconds": sum(float(r.get("epoch_seconds", 0.0)) for r in epochs),
-            "arch": params.get("arch"), "dataset": params.get("dataset"), "params": params,
-        })
-    if not any(t["epoch"] for t in out):
-        raise ResultsError(f"{path}: no results yet (none of its {len(out)} trial(s) has completed an epoch)")
-    return out
-
-
-def _isnan(v):
-    return isinstance(v, float) and math.isnan(v)
+        result_path = os.path.join(folder, f"{params['trial_id']}_{RESULT_SUFFIX}")
+        rows = []
+        if os.path.exists(result_path):  # absent while a trial is just starting
+            with open(result_path) as f:
+                for number, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError as e:
+                        raise ResultsError(f"{result_path}: line {number} is not valid JSON ({e}); the file "
+                                           f"is corrupt or cut short") from None
+                    if not isinstance(row, dict):
+                        raise ResultsError(f"{result_path}: line {number} is not a JSON object")
+                    rows.append(row)
+        by_epoch = {int(r["epoch"]): r for r in rows if r.get("kind") == "epoch" and r.get("epoch") is not None}
+        trials.append({"experiment": experiment, "path": path, "param_path": param_path,
+                       "trial_id": str(params["trial_id"]), "params": params,
+                       "epochs": [by_epoch[e] for e in sorted(by_epoch)]})
+    if not any(t["epochs"] for t in trials):
+        raise ResultsError(f"{path}: no results yet (none of its {len(trials)} trial(s) has completed an epoch)")
+    return sorted(trials, key=lambda t: t["trial_id"])
 
 
 def read_all(paths):
+    """read_experiment over every folder; experiments named by their folder, or by their path where two
+    folders share a name (same name under two logroots)."""
     trials = []
     for path in paths:
         trials.extend(read_experiment(path))
-    if len({t["experiment"] for t in trials}) < len(set(paths)):  # same folder name under two logroots
+    if len({t["experiment"] for t in trials}) < len({os.path.normpath(p) for p in paths}):
         for t in trials:
             t["experiment"] = os.path.normpath(t["path"])
-    return sorted(trials, key=lambda t: (t["experiment"], t["batch_size"] or 0, t["optimizer"], t["trial_id"]))
+    return trials
 
 
-# ---------------------------------------------------------------- labels and styles
+# ================================================================ summaries and grouping (no files from here on)
 
-def seed_number(trial):
-    if trial["optimizer"] == "LARS" and trial["batch_size"] in SEED_LARS:
-        return f"{SEED_LARS[trial['batch_size']]:.2f}"
-    if trial["optimizer"] == "SGD" and trial["batch_size"] == SEED_SGD[0]:
-        return f"~{SEED_SGD[1]} (SGD, text)"
-    return "—"
-
-
-# Param-map entries that differ between any two trials without describing what they compute.
-BOOKKEEPING = {"trial_id", "start_time", "end_time", "git_repo", "git_hash", "git_pretty", "invocation",
-               "max_iteration", "trial_completed", "finished", "resume", "stop_after_epoch"}
+# The seed's published tables: ResNet18 on CIFAR-10, LARS, 200 epochs, test top-1 (%) by batch size,
+# with the poly schedule's power 2 and power 1.
+SEED_POWER2 = {64: 89.39, 256: 85.45, 1024: 81.2, 4096: 73.41, 16384: 64.13}
+SEED_POWER1 = {64: 89.97, 256: 86.59, 1024: 83.05, 4096: 76.92, 16384: 68.33}
+SEED_SCALE = {"arch": "ResNet18", "dataset": "cifar10", "epochs": 200, "width": 64, "train_subset": 0}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+SPREAD = "min-max over seeds"
 
 
-def _settings(trials):
-    """Per trial, 'flag=value' for the arguments that tell it apart from its experiment's other trials
-    of the same optimizer and batch size ('' where there are none)."""
-    groups = {}
+def _num(v):
+    try:
+        return float(v) if v is not None and not isinstance(v, bool) else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _finite(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def summarize(trial):
+    """The trial dict plus what the figures and table use (curves as lists, final numbers, status)."""
+    params, rows = trial["params"], trial["epochs"]
+    recipe_keys = params.get("recipe_keys")
+    if not isinstance(recipe_keys, list) or not recipe_keys or not all(isinstance(k, str) for k in recipe_keys):
+        raise ResultsError(f"{trial['param_path']}: no recipe_keys list in the trial's parameters (logged by an "
+                           f"older train.py); rerun the trial, or add the list of the flags that define it")
+    epochs = [int(r["epoch"]) for r in rows]
+    train_loss = [_num(r.get("train_loss")) for r in rows]
+    test_loss = [_num(r.get("test_loss")) for r in rows]
+    bad = [e for e, a, b, r in zip(epochs, train_loss, test_loss, rows)
+           if not math.isfinite(a) or ("test_loss" in r and not math.isfinite(b))]
+    planned = params.get("epochs")
+    done = epochs[-1] if epochs else 0
+    top1 = [_num(r.get("test_top1")) for r in rows]
+    subset = params.get("test_subset") or 0
+    return dict(trial,
+                recipe={k: params.get(k) for k in recipe_keys if k != "seed"},
+                seed=params.get("seed"),
+                batch_size=params.get("batch_size"),
+                optimizer=str(params.get("optimizer", "?")),
+                epoch=epochs,
+                step=[_num(r.get("iteration")) for r in rows],
+                test_top1=top1,
+                train_loss=train_loss,
+                final_top1=top1[-1] if top1 and math.isfinite(top1[-1]) else None,
+                epochs_planned=planned,
+                epochs_done=done,
+                finished=params.get("finished") is True and planned is not None and done >= planned,
+                diverged_epoch=bad[0] if bad else None,
+                steps=int(rows[-1]["iteration"]) if rows and _finite(rows[-1].get("iteration")) else None,
+                wall_minutes=sum(_num(r.get("epoch_seconds")) for r in rows if _finite(r.get("epoch_seconds"))) / 60,
+                test_subset=subset if _finite(subset) and subset > 0 else 0)
+
+
+def _key(value):
+    return json.dumps(value, sort_keys=True)
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def group_points(trials):
+    """Summarized trials -> points: one per (experiment, recipe without seed), sorted (experiment, batch,
+    setting). A point is a dict: experiment, optimizer, batch_size, setting (tuple of (key, value)),
+    setting_label ("lr=0.1, schedule=poly" or ""), trials (its seeds), and the statistics over seeds."""
+    by_exp_batch = {}
     for t in trials:
-        groups.setdefault((t["experiment"], t["optimizer"], t["batch_size"]), []).append(t)
-    settings = {}
-    for group in groups.values():
-        keys = sorted({k for t in group for k in t["params"] if k not in BOOKKEEPING
-                       and len({json.dumps(u["params"].get(k), sort_keys=True) for u in group}) > 1})
+        by_exp_batch.setdefault((t["experiment"], _key(t["batch_size"])), []).append(t)
+    points = {}
+    for group in by_exp_batch.values():
+        keys = sorted({k for t in group for k in t["recipe"]} - {"batch_size", "seed"})
+        varying = [k for k in keys if len({_key(t["recipe"].get(k)) for t in group}) > 1]
         for t in group:
-            settings[id(t)] = ", ".join(f"{k}={t['params'].get(k)}" for k in keys)
-    return settings
+            setting = tuple((k, t["recipe"].get(k)) for k in varying)
+            recipe = _key(sorted(t["recipe"].items()))
+            points.setdefault((t["experiment"], recipe), {"setting": setting, "trials": []})["trials"].append(t)
+    out = []
+    for (experiment, _), p in points.items():
+        ts = sorted(p["trials"], key=lambda t: (_key(t["seed"]), t["trial_id"]))
+        finals = [t["final_top1"] for t in ts if t["final_top1"] is not None]
+        out.append({
+            "experiment": experiment,
+            "optimizer": "/".join(sorted({t["optimizer"] for t in ts})),
+            "batch_size": ts[0]["batch_size"],
+            "setting": p["setting"],
+            "setting_label": ", ".join(f"{k}={_fmt(v)}" for k, v in p["setting"]),
+            "trials": ts,
+            "n": len(ts),
+            "n_final": len(finals),
+            "mean": sum(finals) / len(finals) if finals else None,
+            "min": min(finals) if finals else None,
+            "max": max(finals) if finals else None,
+            "partial": [t for t in ts if not t["finished"] and t["diverged_epoch"] is None],
+            "diverged": [t for t in ts if t["diverged_epoch"] is not None],
+            "test_subset": sorted({t["test_subset"] for t in ts if t["test_subset"]}),
+        })
+    return sorted(out, key=lambda p: (p["experiment"], p["batch_size"] or 0, _key(p["setting"])))
 
 
-def _labeller(trials):
-    several_exps = len({t["experiment"] for t in trials}) > 1
-    several_opts = len({t["optimizer"] for t in trials}) > 1
-    settings = _settings(trials)
-
-    def label(t):
-        text = f"batch {t['batch_size']}"
-        if several_opts:
-            text += f" {t['optimizer']}"
-        if several_exps:
-            text += f" [{t['experiment']}]"
-        if settings[id(t)]:
-            text += f" ({settings[id(t)]})"
-        if not t["finished"]:
-            text += f" (partial {t['epochs_done']}/{t['epochs_planned']})"
-        return text
-    return label
-
-
-def _colour(batch_size, all_sizes):
-    sizes = sorted(s for s in all_sizes if s)
-    if len(sizes) < 2 or not batch_size:
-        return plt.get_cmap("viridis")(0.2)
-    lo, hi = math.log2(sizes[0]), math.log2(sizes[-1])
-    return plt.get_cmap("viridis")(0.9 * (math.log2(batch_size) - lo) / (hi - lo))
-
-
-MARKERS = "osD^vP*X"
-
-
-def _default_title(trials):
-    archs = {t["arch"] for t in trials if t["arch"]}
-    datasets = {t["dataset"] for t in trials if t["dataset"]}
-    name = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-    if len(archs) == 1 and len(datasets) == 1:
-        return f"{archs.pop()} on {name.get(next(iter(datasets)), next(iter(datasets)))}"
-    return "CIFAR ResNets"
-
-
-# ---------------------------------------------------------------- figures
-
-def _curves(trials, key, ylabel, title, paths):
-    label = _labeller(trials)
-    sizes = {t["batch_size"] for t in trials}
-    exps = sorted({t["experiment"] for t in trials})
-    fig, ax = plt.subplots(figsize=FIGSIZE)
-    for t in sorted(trials, key=lambda t: (t["batch_size"] or 0, t["optimizer"], t["experiment"], t["trial_id"])):
-        if not t["epoch"]:
+def line_points(points):
+    """Per (experiment, batch size): the point drawn on the lines of the batch-size and curve figures --
+    the only one, or, where the batch size has a sweep, the setting with the best mean final top-1."""
+    best = {}
+    for p in points:
+        if p["mean"] is None:
             continue
-        ax.plot(t["epoch"], t[key], label=label(t), color=_colour(t["batch_size"], sizes),
-                linestyle="-" if t["finished"] else "--", linewidth=1.6,
-                marker=MARKERS[exps.index(t["experiment"]) % len(MARKERS)] if len(exps) > 1 or len(t["epoch"]) < 20 else None,
-                markersize=3)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best", title="dashed: partial" if not all(t["finished"] for t in trials) else None,
-              title_fontsize=8)
-    fig.tight_layout()
-    for path in paths:
-        fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+        k = (p["experiment"], p["batch_size"])
+        if k not in best or p["mean"] > best[k]["mean"]:
+            best[k] = p
+    return sorted(best.values(), key=lambda p: (p["experiment"], p["batch_size"] or 0))
 
 
-def _accuracy_vs_batch(trials, title, path):
-    fig, ax = plt.subplots(figsize=FIGSIZE)
-    series = {}
-    for t in trials:
-        if t["final_top1"] is not None and t["batch_size"]:
-            series.setdefault((t["experiment"], t["optimizer"]), []).append(t)
-    several = len(series) > 1
-    colours = plt.get_cmap("tab10")
-    for n, ((exp, opt), ts) in enumerate(sorted(series.items())):
-        ts = sorted(ts, key=lambda t: t["batch_size"])
-        xs = [t["batch_size"] for t in ts]
-        name = f"{exp} ({opt})" if several else opt
-        colour = colours(n % 10)
-        ax.plot(xs, [t["final_top1"] for t in ts], "o-", color=colour, label=f"{name}: final")
-        ax.plot(xs, [t["best_top1"] for t in ts], "^:", color=colour, label=f"{name}: best")
-        for t in ts:
-            if not t["finished"]:  # hollow markers for partial trials
-                ax.plot([t["batch_size"]], [t["final_top1"]], "o", color=colour, markerfacecolor="white")
-                ax.plot([t["batch_size"]], [t["best_top1"]], "^", color=colour, markerfacecolor="white")
-    seed_x = sorted(SEED_LARS)
-    ax.plot(seed_x, [SEED_LARS[b] for b in seed_x], "s--", color="black", alpha=0.7,
-            label="seed's table (LARS, 200 epochs)")
-    ax.plot([SEED_SGD[0]], [SEED_SGD[1]], "*", color="black", markersize=11,
-            label=f"seed's text: SGD+momentum, batch {SEED_SGD[0]} (~{SEED_SGD[1]})")
-    ticks = sorted({t["batch_size"] for t in trials if t["batch_size"]} | set(seed_x) | {SEED_SGD[0]})
+def recipe_label(experiment, points):
+    opts = sorted({p["optimizer"] for p in points if p["experiment"] == experiment})
+    return f"{experiment} ({'/'.join(opts)})"
+
+
+# Colour-blind-safe colours (Okabe-Ito without yellow, plus a purple); no black or grey: those mark the
+# seed's references. Ordered so that the project's configs (seed_table, lars_tuned, sgd_nesterov_tuned,
+# sgd_baseline) hash to four clearly different colours. More than 7 recipes in one figure repeat colours.
+PALETTE = ["#0072B2", "#D55E00", "#E69F00", "#009E73", "#6A3D9A", "#56B4E9", "#CC79A7"]
+
+
+def recipe_colours(names):
+    """{name: colour}: each name's preferred slot is a hash of the name (the same in every figure and every
+    run); names that collide take the next free slot, in sorted order."""
+    taken, colours = set(), {}
+    for name in sorted(names):
+        slot = zlib.crc32(name.encode()) % len(PALETTE)
+        for i in range(len(PALETTE)):
+            if (slot + i) % len(PALETTE) not in taken or len(taken) >= len(PALETTE):
+                slot = (slot + i) % len(PALETTE)
+                break
+        taken.add(slot)
+        colours[name] = PALETTE[slot]
+    return colours
+
+
+LINESTYLES = ["-", (0, (5, 1.5)), (0, (1, 1)), "-.", (0, (3, 1, 1, 1, 1, 1)), (0, (8, 2))]
+
+
+def _shade(colour, i, n):
+    """Batch sizes of one recipe: lighter for small, darker for large."""
+    r, g, b = matplotlib.colors.to_rgb(colour)
+    f = i / (n - 1) if n > 1 else 0.5
+    if f < 0.5:
+        a = (0.5 - f) * 1.0
+        return (r + (1 - r) * a, g + (1 - g) * a, b + (1 - b) * a)
+    a = (f - 0.5) * 0.6
+    return (r * (1 - a), g * (1 - a), b * (1 - a))
+
+
+def scale_description(trials):
+    """'ResNet18 (width 8) on CIFAR-10 (10000 train images), 6 epochs' and whether that is the seed's scale."""
+    def values(k):
+        return sorted({_key(t["params"].get(k, SEED_SCALE[k])) for t in trials})
+    parse = lambda vs: [json.loads(v) for v in vs]  # noqa: E731
+    arch, width, dataset = parse(values("arch")), parse(values("width")), parse(values("dataset"))
+    subset, epochs = parse(values("train_subset")), parse(values("epochs"))
+    text = "/".join(map(str, arch))
+    if width != [SEED_SCALE["width"]]:
+        text += f" width {'/'.join(map(str, width))}"
+    text += " on "
+    if subset != [0]:
+        text += f"{'/'.join('all' if not s else str(s) for s in subset)} training images of "
+    text += "/".join(DATASET_NAMES.get(d, str(d)) for d in dataset)
+    text += f", {'/'.join(map(str, epochs))} epochs"
+    same = all(values(k) == [_key(v)] for k, v in SEED_SCALE.items())
+    return text, same
+
+
+# ================================================================ figures
+
+FONT = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+        "legend.fontsize": 7, "legend.title_fontsize": 7, "figure.titlesize": 9, "pdf.fonttype": 42}
+WIDE = 7.0        # two-column paper: full text width
+FOOT_SIZE = 6     # footer font size (pt)
+
+
+def _figure(width, height, footer_lines, **kw):
+    """A constrained-layout figure `height` inches tall above a footer: `footer_lines` wrapped to the width
+    (measured with the renderer) in small grey type, with the space they need added at the bottom."""
+    fig, axes = plt.subplots(figsize=(width, height), layout="constrained", **kw)
+    text = fig.text(0.01, 0, "", fontsize=FOOT_SIZE, color="0.3", va="bottom", ha="left", linespacing=1.3)
+    sample = "Reproduce: python plot_results.py logs/experiment --out plots, mean over seeds 0123456789"
+    text.set_text(sample)
+    char = text.get_window_extent(fig.canvas.get_renderer()).width / len(sample)
+    chars = max(20, int(fig.bbox.width * 0.94 / char))
+    lines = [w for line in footer_lines if line for w in textwrap.wrap(line, chars)]
+    text.set_text("\n".join(lines))
+    foot = (len(lines) * FOOT_SIZE * 1.3 + 5) / 72  # inches
+    fig.set_size_inches(width, height + foot)
+    text.set_y(2 / 72 / (height + foot))
+    fig.get_layout_engine().set(rect=(0, foot / (height + foot), 1, 1 - foot / (height + foot)))
+    return fig, axes
+
+
+def _fit_title(fig, text, subtitle=None):
+    """A suptitle (and a second line), shrunk until it fits the figure's width."""
+    title = fig.suptitle(text + (f"\n{subtitle}" if subtitle else ""), linespacing=1.4)
+    renderer = fig.canvas.get_renderer()
+    size = title.get_fontsize()
+    while size > 5 and title.get_window_extent(renderer).width > fig.bbox.width * 0.96:
+        size -= 0.5
+        title.set_fontsize(size)
+    return title
+
+
+def _batch_ticks(ax, sizes):
     ax.set_xscale("log", base=2)
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([str(b) for b in ticks], fontsize=8)
+    ax.set_xticks(sizes)
+    ax.set_xticklabels([str(b) for b in sizes])
     ax.minorticks_off()
-    ax.set_xlabel("effective batch size (log scale)")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    partial = not all(t["finished"] for t in trials)
-    ax.legend(fontsize=7, loc="best", title="hollow markers: partial trials" if partial else None, title_fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
 
 
-# ---------------------------------------------------------------- table
-
-def _duration(seconds):
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
+def _footer(common, command, note):
+    return common + [f"Reproduce: {command}" if command else None, note]
 
 
-def table(trials, title):
-    settings = _settings(trials)
-    with_setting = any(settings.values())  # a "setting" column only where trials need telling apart
-    columns = ["experiment", "batch size", "optimizer"] + (["setting"] if with_setting else []) + [
-        "final top-1 (%)", "best top-1 (%)", "epochs", "wall time", "seed top-1 (%)"]
-    lines = [f"# {title}: results", "",
-             "Final = test top-1 after the last completed epoch; best = highest test top-1 over the completed "
-             "epochs; wall time = sum of the logged epoch times (training + evaluation). Seed = the seed's "
-             "published number for the same batch size (LARS, 200 epochs; SGD from the seed's text), for "
-             "comparison only. A partial trial is still running or was stopped early.", "",
-             "| " + " | ".join(columns) + " |",
-             "| " + " | ".join("---" if c in ("experiment", "optimizer", "setting") else "---:" for c in columns) + " |"]
+def fig_accuracy_vs_batch(points, colours, scale, command, note):
+    scale_text, seed_scale = scale
+    drawn = line_points(points)
+    experiments = sorted({p["experiment"] for p in drawn})
+    has_sweep = len(drawn) < len([p for p in points if p["mean"] is not None])
+    has_partial = any(p["partial"] for p in drawn)
+    footer = [f"Points: mean over seeds of the final test top-1 (after the last completed epoch); "
+              f"bars: {SPREAD}; n per point in results_table.md."
+              + (" Where a batch size has a setting sweep, its best setting (by this same test top-1, so an "
+                 "optimistic pick) is on the line, the others are faint dots (see setting_*.png)." if has_sweep else "")
+              + (" Hollow: includes unfinished trials." if has_partial else "")
+              + (" x: a diverged seed (NaN/inf loss), included in the mean."
+                 if any(p["diverged"] for p in drawn) else ""),
+              "Seed's tables: LARS, ResNet18, CIFAR-10, 200 epochs." + (
+                  "" if seed_scale else f" NOTE: these trials are at a different scale ({scale_text}); "
+                                        f"the seed's numbers are not directly comparable.")]
+    fig, ax = _figure(WIDE, 3.0, _footer(footer, command, note))
+    k = len(experiments)
+    for i, exp in enumerate(experiments):
+        colour = colours[exp]
+        dodge = 2 ** (0.05 * (i - (k - 1) / 2))  # keep the bars of several lines apart
+        ps = [p for p in drawn if p["experiment"] == exp]
+        xs = [p["batch_size"] * dodge for p in ps]
+        ys = [p["mean"] for p in ps]
+        lo = [p["mean"] - p["min"] for p in ps]
+        hi = [p["max"] - p["mean"] for p in ps]
+        ax.plot(xs, ys, "-", color=colour, linewidth=1.4, label=recipe_label(exp, points), zorder=3)
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="none", ecolor=colour, elinewidth=1, capsize=2.5, zorder=3)
+        for p, x, y in zip(ps, xs, ys):
+            ax.plot([x], [y], "o", color=colour, markersize=4, zorder=4,
+                    markerfacecolor="white" if p["partial"] else colour)
+        bad = [(p["batch_size"] * dodge, t["final_top1"]) for p in ps for t in p["diverged"]
+               if t["final_top1"] is not None]
+        if bad:
+            ax.plot(*zip(*bad), "x", color=colour, markersize=6, markeredgewidth=1.5, zorder=5)
+        others = [p for p in points if p["experiment"] == exp and p["mean"] is not None and p not in ps]
+        if others:
+            ax.plot([p["batch_size"] * dodge for p in others], [p["mean"] for p in others], ".", color=colour,
+                    alpha=0.45, markersize=4, zorder=2)
+    seed_x = sorted(SEED_POWER2)
+    ax.plot(seed_x, [SEED_POWER2[b] for b in seed_x], "s-", color="black", markersize=3.5, linewidth=1,
+            label="seed's table, poly power 2")
+    ax.plot(seed_x, [SEED_POWER1[b] for b in seed_x], "^--", color="0.45", markersize=3.5, linewidth=1,
+            label="seed's table, poly power 1")
+    datasets = sorted({t["params"].get("dataset", "cifar10") for p in points for t in p["trials"]})
+    for d in datasets:
+        chance = 100 / NUM_CLASSES.get(d, 10)
+        ax.axhline(chance, color="0.6", linestyle=":", linewidth=1, zorder=1)
+        ax.annotate(f"chance ({DATASET_NAMES.get(d, d)}, {chance:g}%)", (0, chance),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(3, 2), textcoords="offset points", ha="left", va="bottom", fontsize=6, color="0.4")
+    sizes = sorted({p["batch_size"] for p in points if p["batch_size"]} | set(seed_x))
+    _batch_ticks(ax, sizes)
+    ax.set_xlim(sizes[0] / 1.4, sizes[-1] * 1.4)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("batch size (log scale)")
+    ax.set_ylabel("final test top-1 (%)")
+    ax.grid(True, alpha=0.25, linewidth=0.5)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False)
+    _fit_title(fig, "Final test top-1 vs batch size", scale_text)
+    return fig
+
+
+def _curve_legend(ax, experiments, colours, points, batch_sizes, extra=()):
+    handles = [Line2D([], [], color=colours[e], linewidth=2, label=recipe_label(e, points)) for e in experiments]
+    handles.append(Line2D([], [], linestyle="none", label=""))
+    handles.append(Line2D([], [], linestyle="none", label="batch size:"))
+    for i, b in enumerate(batch_sizes):
+        handles.append(Line2D([], [], color=_shade("#404040", i, len(batch_sizes)), linewidth=1.2,
+                              linestyle=LINESTYLES[i % len(LINESTYLES)], label=str(b)))
+    handles.extend(extra)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False,
+              handlelength=2.6)
+
+
+def _mean_curve(trials, key, include):
+    """{epoch: (step, mean, min, max)} over the trials for which include(t) holds, finite values only."""
+    at = {}
     for t in trials:
-        final = f"{t['final_top1']:.2f}" if t["final_top1"] is not None else "—"
-        if not t["finished"]:
-            final += f" (partial: {t['epochs_done']}/{t['epochs_planned']} epochs)"
-        best = f"{t['best_top1']:.2f}" if t["best_top1"] is not None else "—"
-        wall = _duration(t["wall_seconds"]) if t["epoch"] else "—"
-        cells = [t["experiment"], t["batch_size"], t["optimizer"]] + ([settings[id(t)] or "—"] if with_setting else [])
-        cells += [final, best, f"{t['epochs_done']}/{t['epochs_planned']}", wall, seed_number(t)]
+        if not include(t):
+            continue
+        for e, s, v in zip(t["epoch"], t["step"], t[key]):
+            if math.isfinite(v):
+                at.setdefault(e, ([], []))
+                at[e][0].append(s)
+                at[e][1].append(v)
+    return {e: (sum(s) / len(s), sum(v) / len(v), min(v), max(v)) for e, (s, v) in sorted(at.items())}
+
+
+def _style(p, colours, batch_sizes):
+    i = batch_sizes.index(p["batch_size"])
+    return {"color": _shade(colours[p["experiment"]], i, len(batch_sizes)),
+            "linestyle": LINESTYLES[i % len(LINESTYLES)]}
+
+
+def fig_test_curves(points, colours, scale, command, note):
+    drawn = line_points(points)
+    experiments = sorted({p["experiment"] for p in drawn})
+    batch_sizes = sorted({p["batch_size"] for p in drawn})
+    diverged = any(p["diverged"] for p in drawn)
+    footer = [f"Test top-1 after each epoch, mean over seeds; band: {SPREAD}. Colour: experiment; shade "
+              f"and dash: batch size." + (" Diverged trials are left out (marked in train_loss)." if diverged else "")
+              + (" Batch sizes with a setting sweep show their best setting."
+                                          if len(drawn) < len([p for p in points if p["mean"] is not None]) else "")]
+    fig, (ax_e, ax_s) = _figure(WIDE, 2.8, _footer(footer, command, note), ncols=2)
+    for p in drawn:
+        healthy = [t for t in p["trials"] if t["diverged_epoch"] is None] or p["trials"]
+        curve = _mean_curve(healthy, "test_top1", lambda t: True)
+        if not curve:
+            continue
+        style = _style(p, colours, batch_sizes)
+        epochs = list(curve)
+        steps, mean, lo, hi = (list(v) for v in zip(*curve.values()))
+        for ax, xs in ((ax_e, epochs), (ax_s, steps)):
+            ax.plot(xs, mean, linewidth=1.1, **style)
+            if len(healthy) > 1:
+                ax.fill_between(xs, lo, hi, color=style["color"], alpha=0.18, linewidth=0)
+    ax_e.set_xlabel("epoch")
+    ax_s.set_xlabel("optimizer steps (log scale)")
+    ax_s.set_xscale("log")
+    for ax in (ax_e, ax_s):
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(True, alpha=0.25, linewidth=0.5)
+    ax_e.set_title("vs epoch")
+    ax_s.set_title("vs optimizer steps")
+    ax_e.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _curve_legend(ax_s, experiments, colours, points, batch_sizes)
+    _fit_title(fig, "Test top-1 during training", scale[0])
+    return fig
+
+
+def fig_train_loss(points, colours, scale, command, note):
+    drawn = line_points(points)
+    experiments = sorted({p["experiment"] for p in drawn})
+    batch_sizes = sorted({p["batch_size"] for p in drawn})
+    diverged = [(p, t) for p in drawn for t in p["diverged"]]
+    footer = ["Training loss (mean over the epoch), mean over the seeds that did not diverge. Colour: "
+              "experiment; shade and dash: batch size."
+              + (" x: a diverged trial (NaN/inf loss) at the epoch it diverged; diverged trials do not set "
+                 "the axis range." if diverged else "")]
+    fig, ax = _figure(WIDE, 2.8, _footer(footer, command, note))
+    healthy_values = []
+    for p in drawn:
+        curve = _mean_curve(p["trials"], "train_loss", lambda t: t["diverged_epoch"] is None)
+        style = _style(p, colours, batch_sizes)
+        if curve:
+            ax.plot(list(curve), [v[1] for v in curve.values()], linewidth=1.1, **style)
+            healthy_values += [v[1] for v in curve.values() if v[1] > 0]
+        for t in p["diverged"]:
+            xs = [e for e, v in zip(t["epoch"], t["train_loss"]) if math.isfinite(v) and e < t["diverged_epoch"]]
+            ys = [v for e, v in zip(t["epoch"], t["train_loss"]) if math.isfinite(v) and e < t["diverged_epoch"]]
+            if xs:
+                ax.plot(xs, ys, linewidth=0.8, alpha=0.6, **style)
+    if not healthy_values:  # every trial diverged: their finite values are all there is
+        healthy_values = [v for p in drawn for t in p["trials"] for v in t["train_loss"] if math.isfinite(v) and v > 0]
+    ax.set_yscale("log")
+    if healthy_values:
+        lo, hi = min(healthy_values), max(healthy_values)
+        ax.set_ylim(lo / 1.3, hi * 1.6)
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)  # 0.1, 1 rather than 10^-1, 10^0
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_minor_formatter(plain if hi / lo < 30 else NullFormatter())  # label 2, 3, ... in a narrow range
+    top = ax.get_ylim()[1]
+    for p, t in diverged:
+        before = [v for e, v in zip(t["epoch"], t["train_loss"]) if math.isfinite(v) and e < t["diverged_epoch"]]
+        y = min(before[-1], top) if before and before[-1] > 0 else top
+        ax.plot([t["diverged_epoch"]], [y], "x", color=_style(p, colours, batch_sizes)["color"], markersize=7,
+                markeredgewidth=1.8, clip_on=False, zorder=5)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (log scale)")
+    ax.grid(True, which="both", alpha=0.2, linewidth=0.5)
+    extra = [Line2D([], [], linestyle="none", marker="x", color="black", markeredgewidth=1.5,
+                    label="diverged (NaN/inf)")] if diverged else []
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _curve_legend(ax, experiments, colours, points, batch_sizes, extra)
+    _fit_title(fig, "Training loss", scale[0])
+    return fig
+
+
+def sweeps(points):
+    """{setting key: [(experiment, batch size, other settings label, [points])]} for every (experiment,
+    batch size) where the key takes several values (panels of the setting_<key> figures)."""
+    out = {}
+    groups = {}
+    for p in points:
+        groups.setdefault((p["experiment"], p["batch_size"]), []).append(p)
+    for (exp, batch), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        keys = [k for k, _ in ps[0]["setting"]]
+        for key in keys:
+            panels = {}
+            for p in ps:
+                other = ", ".join(f"{k}={_fmt(v)}" for k, v in p["setting"] if k != key)
+                panels.setdefault(other, []).append(p)
+            for other, qs in sorted(panels.items()):
+                if len({_key(dict(q["setting"])[key]) for q in qs}) > 1:
+                    out.setdefault(key, []).append((exp, batch, other, qs))
+    return out
+
+
+def fig_setting(key, panels, colours, points, command, note):
+    n = len(panels)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    footer = [f"Final test top-1, mean over seeds; bars: {SPREAD}. One panel per experiment and batch size "
+              f"(and the other settings, where several vary)."]
+    fig, axes = _figure(max(3.5, 2.33 * ncols), 2.0 * nrows, _footer(footer, command, note),
+                        ncols=ncols, nrows=nrows, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, (exp, batch, other, qs) in zip(axes.flat, panels):
+        qs = [q for q in qs if q["mean"] is not None]
+        values = [dict(q["setting"])[key] for q in qs]
+        numeric = all(_finite(v) for v in values)
+        if numeric:
+            order = sorted(range(len(qs)), key=lambda i: values[i])
+            xs = [values[i] for i in order]
+            if min(xs) > 0 and max(xs) / min(xs) >= 8:
+                ax.set_xscale("log", base=2 if all(float(x).is_integer() for x in xs) else 10)
+            ax.set_xticks(xs)
+            ax.set_xticklabels([_fmt(x) for x in xs])
+            ax.minorticks_off()
+        else:
+            order = sorted(range(len(qs)), key=lambda i: _fmt(values[i]))
+            xs = list(range(len(qs)))
+            ax.set_xticks(xs)
+            ax.set_xticklabels([_fmt(values[i]) for i in order])
+            ax.set_xlim(-0.5, len(xs) - 0.5)
+        ps = [qs[i] for i in order]
+        colour = colours[exp]
+        ys = [q["mean"] for q in ps]
+        ax.errorbar(xs, ys, yerr=[[q["mean"] - q["min"] for q in ps], [q["max"] - q["mean"] for q in ps]],
+                    fmt="o-" if numeric else "o", color=colour, markersize=4, capsize=2.5, linewidth=1.2)
+        ax.set_xlabel(key)
+        ax.set_ylabel("final test top-1 (%)")
+        ax.grid(True, alpha=0.25, linewidth=0.5)
+        title = f"{recipe_label(exp, points)}, batch {batch}" + (f"\n{other}" if other else "")
+        ax.set_title(title, fontsize=7)
+        lo, hi = min(q["min"] for q in ps), max(q["max"] for q in ps)
+        pad = max(1.0, (hi - lo) * 0.15)
+        ax.set_ylim(max(0, lo - pad), min(100, hi + pad))
+    _fit_title(fig, f"Final test top-1 vs {key}")
+    return fig
+
+
+def _safe(name):
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def build_figures(trials, command=None, note=None):
+    """Summarized-or-raw trial dicts (as read_experiment returns) -> {file stem: Figure}, nothing saved.
+    The caller saves and closes them (save_figures)."""
+    points = group_points([t if "recipe" in t else summarize(t) for t in trials])
+    plotted = [t for p in points for t in p["trials"]]
+    colours = recipe_colours({p["experiment"] for p in points})
+    scale = scale_description(plotted)
+    with plt.rc_context(FONT):
+        figures = {"accuracy_vs_batch": fig_accuracy_vs_batch(points, colours, scale, command, note),
+                   "test_accuracy_curves": fig_test_curves(points, colours, scale, command, note),
+                   "train_loss": fig_train_loss(points, colours, scale, command, note)}
+        for key, panels in sweeps(points).items():
+            figures[f"setting_{_safe(key)}"] = fig_setting(key, panels, colours, points, command, note)
+    return figures
+
+
+# ================================================================ table
+
+def results_table(trials, title=None):
+    points = group_points([t if "recipe" in t else summarize(t) for t in trials])
+    scale_text, seed_scale = scale_description([t for p in points for t in p["trials"]])
+    columns = ["experiment", "optimizer", "batch size", "setting", "seeds", "final top-1 (%)", "min-max (%)",
+               "steps", "epochs", "wall time per seed (min)", "seed's LARS top-1 (%) power 2 / 1", "notes"]
+    lines = [f"# {title or 'Results'}: {scale_text}", "",
+             "One row per experiment, batch size and setting (the recipe keys that vary among the trials of one "
+             "batch size). Final top-1 = test top-1 after the last completed epoch, mean over seeds; min-max = "
+             "its range over seeds; steps = optimizer steps done; wall time = sum of the logged epoch times "
+             "(training + evaluation), mean per seed, in minutes. Seed = the seed's published LARS numbers for "
+             "the same batch size (poly power 2 / power 1; ResNet18, CIFAR-10, 200 epochs)"
+             + (", for reference only." if seed_scale else
+                f"; these trials are at a different scale ({scale_text}): not directly comparable."),
+             "Notes: partial = trials not finished (still running or stopped early); diverged = NaN/inf loss; "
+             "test subset = test accuracy measured on a subset of the test set.", "",
+             "| " + " | ".join(columns) + " |",
+             "| " + " | ".join("---" if c in ("experiment", "optimizer", "setting", "notes") else "---:"
+                               for c in columns) + " |"]
+    for p in points:
+        ts = p["trials"]
+        done = sorted({t["epochs_done"] for t in ts})
+        planned = sorted({_fmt(t["epochs_planned"]) for t in ts})
+        steps = [t["steps"] for t in ts if t["steps"] is not None]
+        notes = []
+        if p["partial"]:
+            notes.append(f"partial: {len(p['partial'])} of {p['n']} seeds at "
+                         + ", ".join(f"{t['epochs_done']}/{_fmt(t['epochs_planned'])}" for t in p["partial"])
+                         + " epochs")
+        if p["diverged"]:
+            notes.append(f"diverged: {len(p['diverged'])} of {p['n']} seeds (epoch "
+                         + ", ".join(str(t["diverged_epoch"]) for t in p["diverged"]) + ")")
+        if p["test_subset"]:
+            notes.append(f"test subset: {'/'.join(_fmt(s) for s in p['test_subset'])} images")
+        if p["n_final"] < p["n"]:
+            notes.append(f"{p['n'] - p['n_final']} seed(s) without a completed epoch")
+        b = p["batch_size"]
+        seed = f"{SEED_POWER2[b]:.2f} / {SEED_POWER1[b]:.2f}" if b in SEED_POWER2 else "—"
+        cells = [p["experiment"], p["optimizer"], b, p["setting_label"] or "—", p["n"],
+                 f"{p['mean']:.2f}" if p["mean"] is not None else "—",
+                 f"{p['min']:.2f}–{p['max']:.2f}" if p["n_final"] > 1 else "—",
+                 str(max(steps)) if steps else "—",
+                 (f"{done[0]}–{done[-1]}" if len(done) > 1 else str(done[0])) + "/" + "/".join(planned),
+                 f"{sum(t['wall_minutes'] for t in ts) / len(ts):.1f}",
+                 seed, "; ".join(notes) or "—"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-# ---------------------------------------------------------------- main
+# ================================================================ main
 
-def write_all(trials, out_dir, title):
+TABLE = "results_table.md"
+DPI = 200
+
+
+def save_figures(figures, folder):
+    """Each figure as folder/<stem>.png and .pdf; closes them. Returns the file names."""
+    names = []
+    for stem, fig in figures.items():
+        for ext in ("png", "pdf"):
+            fig.savefig(os.path.join(folder, f"{stem}.{ext}"), dpi=DPI)
+            names.append(f"{stem}.{ext}")
+        plt.close(fig)
+    return names
+
+
+def write_all(trials, out_dir, command=None, note=None, title=None):
     """Every output into a temporary folder first, then moved into `out_dir` (nothing half-written)."""
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".plot_results-", dir=out_dir)
+    figures = build_figures(trials, command, note)  # may raise ResultsError: before anything is written
+    text = results_table(trials, title)
     try:
-        p = lambda name: os.path.join(tmp, name)  # noqa: E731
-        _curves(trials, "test_top1", "test top-1 (%)", f"{title}: test top-1 by epoch",
-                [p("lars_test_curves.png"), p("lars_test_curves.pdf")])
-        _curves(trials, "train_loss", "training loss (epoch mean)", f"{title}: training loss by epoch",
-                [p("train_loss_curves.png")])
-        _accuracy_vs_batch(trials, f"{title}: test top-1 vs batch size", p("accuracy_vs_batch_size.png"))
-        with open(p("results_table.md"), "w") as f:
-            f.write(table(trials, title))
-        for name in OUTPUTS:
-            os.replace(p(name), os.path.join(out_dir, name))
+        os.makedirs(out_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".plot_results-", dir=out_dir)
+    except OSError as e:
+        for fig in figures.values():
+            plt.close(fig)
+        raise ResultsError(f"{out_dir}: cannot write the outputs here ({e.strerror or e})") from None
+    try:
+        names = save_figures(figures, tmp)
+        with open(os.path.join(tmp, TABLE), "w") as f:
+            f.write(text)
+        names.append(TABLE)
+        for name in names:
+            os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
     finally:
+        for fig in figures.values():
+            plt.close(fig)
         shutil.rmtree(tmp, ignore_errors=True)
-    return [os.path.join(out_dir, name) for name in OUTPUTS]
+    return [os.path.join(out_dir, name) for name in names]
+
+
+def _command(experiments, out):
+    """The shortest faithful command line: experiments under one parent as parent/{a,b}."""
+    parents = {os.path.dirname(os.path.normpath(e)) for e in experiments}
+    if len(experiments) > 1 and len(parents) == 1:
+        parent = parents.pop()
+        names = ",".join(os.path.basename(os.path.normpath(e)) for e in experiments)
+        exps = (parent + "/" if parent else "") + "{" + names + "}"
+    else:
+        exps = " ".join(experiments)
+    return f"python plot_results.py {exps} --out {out}"
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="plot_results.py", description=__doc__.split("\n\n")[0],
+        epilog="Outputs: accuracy_vs_batch, test_accuracy_curves, train_loss, setting_<key> (.png and .pdf) "
+               "and results_table.md.")
     parser.add_argument("experiments", nargs="+", help="experiment folders: LOGROOT/EXPERIMENT")
-    parser.add_argument("--out", default="images", help="output folder (default images/)")
-    parser.add_argument("--title", default=None, help="figure and table title (default: arch on dataset)")
+    parser.add_argument("--out", default="plots",
+                        help="output folder (default: ./plots; give --out images/... for the repository's figures)")
+    parser.add_argument("--note", default=None,
+                        help="an extra footer line on every figure, e.g. the hardware: '2-core CPU, 2026-11'")
+    parser.add_argument("--title", default=None, help="the results table's title (default: Results)")
     args = parser.parse_args(argv)
     try:
         trials = read_all(args.experiments)
+        written = write_all(trials, args.out, _command(args.experiments, args.out), args.note, args.title)
     except ResultsError as e:
-        parser.exit(1, f"plot_results.py: error: {e}\n")
-    written = write_all(trials, args.out, args.title or _default_title(trials))
+        parser.exit(2, f"plot_results.py: error: {' '.join(str(e).split())}\n")
     print(f"{len(trials)} trial(s) from {len(args.experiments)} experiment(s); wrote " + ", ".join(written))
     return written
 
