@@ -43,7 +43,7 @@ class ResultsError(Exception):
 # ================================================================ reading (the only part that touches files)
 
 def read_experiment(path):
-    """Read one experiment folder LOGROOT/EXPERIMENT (track-ml layout) into a list of plain dicts, one per
+    """Read one experiment folder LOGROOT/EXPERIMENT through store.py into a list of plain dicts, one per
     trial, in trial-id order:
 
         {"experiment": str,        # the folder's name
@@ -57,47 +57,17 @@ def read_experiment(path):
     Raises ResultsError (message starting with the offending path) for a missing folder, a folder without
     trials, an unreadable param map or result line, or an experiment none of whose trials finished an epoch.
     """
-    try:
-        from track.constants import CONFIG_SUFFIX, METADATA_FOLDER, RESULT_SUFFIX
-    except ImportError:  # track-ml's names, for reading without track installed
-        CONFIG_SUFFIX, METADATA_FOLDER, RESULT_SUFFIX = "param_map.json", "trials", "result.json"
+    import store  # the one module that knows the files on disk (reads through skeletor)
 
-    if not os.path.isdir(path):
-        raise ResultsError(f"{path}: no such directory")
-    folder = os.path.join(path, METADATA_FOLDER)
-    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-    param_files = [n for n in names if n.endswith("_" + CONFIG_SUFFIX)]
-    if not param_files:
-        raise ResultsError(f"{path}: no trials here (no {METADATA_FOLDER}/*_{CONFIG_SUFFIX}); "
-                           f"give an experiment folder LOGROOT/EXPERIMENT")
+    try:
+        stored = store.read_experiment(path)
+    except store.StoreError as e:
+        raise ResultsError(str(e)) from None
     experiment = os.path.basename(os.path.normpath(path))
     trials = []
-    for name in param_files:
-        param_path = os.path.join(folder, name)
-        try:
-            with open(param_path) as f:
-                params = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ResultsError(f"{param_path}: not a readable trial parameter file ({e})") from None
-        if not isinstance(params, dict) or "trial_id" not in params:
-            raise ResultsError(f"{param_path}: not a trial parameter file (no trial_id)")
-        result_path = os.path.join(folder, f"{params['trial_id']}_{RESULT_SUFFIX}")
-        rows = []
-        if os.path.exists(result_path):  # absent while a trial is just starting
-            with open(result_path) as f:
-                for number, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except ValueError as e:
-                        raise ResultsError(f"{result_path}: line {number} is not valid JSON ({e}); the file "
-                                           f"is corrupt or cut short") from None
-                    if not isinstance(row, dict):
-                        raise ResultsError(f"{result_path}: line {number} is not a JSON object")
-                    rows.append(row)
+    for params, rows in stored:
         by_epoch = {int(r["epoch"]): r for r in rows if r.get("kind") == "epoch" and r.get("epoch") is not None}
-        trials.append({"experiment": experiment, "path": path, "param_path": param_path,
+        trials.append({"experiment": experiment, "path": path, "param_path": store.params_path(path, params["trial_id"]),
                        "trial_id": str(params["trial_id"]), "params": params,
                        "epochs": [by_epoch[e] for e in sorted(by_epoch)]})
     if not any(t["epochs"] for t in trials):

@@ -94,8 +94,12 @@ def trial_dir(logroot, experimentname, trial_id):
     return os.path.join(experiment_dir(logroot, experimentname), trial_id)
 
 
+def params_path(experiment_folder, trial_id):
+    return os.path.join(experiment_folder, METADATA_FOLDER, f"{trial_id}_{PARAMS_SUFFIX}")
+
+
 def _params_path(logroot, experimentname, trial_id):
-    return os.path.join(experiment_dir(logroot, experimentname), METADATA_FOLDER, f"{trial_id}_{PARAMS_SUFFIX}")
+    return params_path(experiment_dir(logroot, experimentname), trial_id)
 
 
 def _results_path(logroot, experimentname, trial_id):
@@ -228,6 +232,15 @@ class Trial:
             self._lock_file.close()
 
 
+def new_trial_id():
+    """Ten hex digits, as track's, but starting with a letter: pandas (under skeletor's reader) turns an id of
+    digits only into a number, and track then fails to find its files."""
+    while True:
+        trial_id = uuid.uuid4().hex[:10]
+        if trial_id[0].isalpha():
+            return trial_id
+
+
 def _lock(path, trial_id):
     """An OS-level lock: released by the kernel when the process dies, so a crash never leaves it stuck."""
     handle = open(path, "a")
@@ -247,7 +260,7 @@ def open_trial(logroot, experimentname, params, resume_id=None, keep_until_step=
     `keep_until_step` (from an interrupted epoch) are dropped; `params` replaces the parameter file.
 
     On a write failure nothing new is left behind: a new trial's folder and files are removed."""
-    trial_id = resume_id or uuid.uuid1().hex[:10]
+    trial_id = resume_id or new_trial_id()
     folder = trial_dir(logroot, experimentname, trial_id)
     metadata = os.path.join(experiment_dir(logroot, experimentname), METADATA_FOLDER)
     created = []
@@ -271,7 +284,7 @@ def open_trial(logroot, experimentname, params, resume_id=None, keep_until_step=
             old = _params_path(logroot, experimentname, trial_id)
             params["start_time"] = _read_params(old).get("start_time", params["start_time"]) if os.path.exists(
                 old) else params["start_time"]
-            kept = [row for row in _read_rows(results_path) if (row.get("iteration") or 0) <= keep_until_step]
+            kept = [row for row in _read_rows(results_path, drop_cut_last_line=True) if (row.get("iteration") or 0) <= keep_until_step]
             write_atomically(results_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
         _write_json(_params_path(logroot, experimentname, trial_id), params)
         results_file = open(results_path, "a")
@@ -294,9 +307,9 @@ def _undo(created):
             pass
 
 
-def _read_rows(path):
-    """The JSON rows of a result file; a last line cut short by a crash is dropped, any other bad line is an
-    error."""
+def _read_rows(path, drop_cut_last_line=False):
+    """The JSON rows of a result file; a bad line is a StoreError naming it, except a last line cut short by
+    a crash when `drop_cut_last_line` (a resumed trial rewrites its file without it)."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -306,9 +319,9 @@ def _read_rows(path):
         try:
             row = json.loads(line)
         except ValueError:
-            if number == len(lines):
+            if drop_cut_last_line and number == len(lines):
                 break
-            raise StoreError(f"{path}: line {number} is not valid JSON: the file is damaged") from None
+            raise StoreError(f"{path}: line {number} is not valid JSON: the file is damaged or cut short") from None
         if not isinstance(row, dict):
             raise StoreError(f"{path}: line {number} is not a JSON object")
         rows.append(row)
@@ -342,10 +355,11 @@ def read_experiment(experiment_folder):
     """[(params, rows)] for every trial of an experiment folder; rows are the result rows as dicts.
 
     Every file is validated first (a damaged line is a StoreError naming the file and line); the rows
-    then come through skeletor's reader when every trial has a result file, as the seed's analysis did.
+    then come through skeletor's reader when every trial has a result file, as the seed's analysis did
+    (its pandas JSON parser may round a float in its last digit).
     """
     if not os.path.isdir(experiment_folder):
-        raise StoreError(f"{experiment_folder}: no such folder")
+        raise StoreError(f"{experiment_folder}: no such directory")
     folder = os.path.join(experiment_folder, METADATA_FOLDER)
     names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     params_list = [_read_params(os.path.join(folder, n)) for n in names if n.endswith(PARAMS_SUFFIX)]
