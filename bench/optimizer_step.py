@@ -1,12 +1,17 @@
-"""Benchmark: median time of one optimizer ``step()`` on ResNet18 parameter shapes.
+"""Benchmark: time of one optimizer ``step()`` on the parameters of the project's CIFAR ResNet18.
 
-Compares torch.optim.SGD(momentum=0.9, weight_decay=5e-4, foreach=True), LARS
-(multi-tensor and single-tensor paths) and, when importable, timm's ``Lars``.
-Parameter/gradient tensors are random with the shapes of a CIFAR ResNet18 of a
-given width (no dependency on the project's models/ package).  Repetitions of
-the optimizers are interleaved round-robin so that drift affects all equally.
+Compares, on the CPU, torch.optim.SGD(momentum=0.9, weight_decay=5e-4,
+foreach=True) with LARS (multi-tensor path, single-tensor path, and the update
+compiled by ``LARS.compile()``), at the given widths.  Every optimizer has its
+own copy of the parameters, gradients and buffers; their steps are interleaved
+round-robin so that drift of a shared machine affects all alike.  Ratios are to
+SGD(foreach) in the same run: min over rounds (the quietest step) and median.
 
-    python bench/optimizer_step.py --reps 50 --widths 64 16
+A memory-write probe (an in-place ``add_`` on a 2.8 MB tensor; about 0.1 ms on
+a quiet machine) runs before and after: when the machine is slowed (several ms)
+the timings are not comparable and a warning says so.
+
+    python bench/optimizer_step.py --rounds 40 --widths 16 64
 """
 
 from __future__ import annotations
@@ -21,98 +26,99 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import models  # noqa: E402
 from lars import LARS  # noqa: E402
 
-
-def resnet18_param_shapes(width: int = 64, num_classes: int = 10) -> list[tuple[int, ...]]:
-    """Parameter shapes of a CIFAR ResNet18 (3x3 stem, BasicBlocks 2-2-2-2)."""
-    shapes: list[tuple[int, ...]] = [(width, 3, 3, 3), (width,), (width,)]  # stem conv + BN
-    in_c = width
-    for stage, stride in enumerate((1, 2, 2, 2)):
-        out_c = width * 2 ** stage
-        for block in range(2):
-            s = stride if block == 0 else 1
-            shapes += [(out_c, in_c, 3, 3), (out_c,), (out_c,)]  # conv1, bn1
-            shapes += [(out_c, out_c, 3, 3), (out_c,), (out_c,)]  # conv2, bn2
-            if s != 1 or in_c != out_c:
-                shapes += [(out_c, in_c, 1, 1), (out_c,), (out_c,)]  # shortcut conv + BN
-            in_c = out_c
-    shapes += [(num_classes, 8 * width), (num_classes,)]  # linear with bias
-    return shapes
+SLOW_PROBE_MS = 1.0  # ~10x a quiet machine's probe
 
 
-def _numel(shapes) -> int:
-    n = 0
-    for s in shapes:
-        k = 1
-        for d in s:
-            k *= d
-        n += k
-    return n
+def write_probe_ms(repeats: int = 20) -> float:
+    """Fastest in-place add_ on 700,000 float32 (2.8 MB), in ms."""
+    x = torch.zeros(700_000)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x.add_(1.0)
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
 
 
-def make_optimizers(params):
-    opts = {
-        "SGD foreach": torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=True),
-        "LARS multi-tensor": LARS(params, lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=True),
-        "LARS single-tensor": LARS(params, lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=False),
-        # MLPerf grouping: ndim <= 1 tensors (BN, biases) neither adapted nor decayed
-        "LARS multi, grouped": LARS(
-            [{"params": [p for p in params if p.ndim > 1]},
-             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lars_adapt": False}],
-            lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=True),
+def resnet18_tensors(width: int, seed: int = 0):
+    """(params, grads) with the shapes of models.build("ResNet18", width=width)."""
+    shapes = [p.shape for p in models.build("ResNet18", width=width).parameters()]
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=gen).mul_(0.1) for s in shapes]
+    grads = [torch.randn(s, generator=gen).mul_(0.01) for s in shapes]
+    return params, grads
+
+
+def fresh_copy(params, grads):
+    copies = [p.clone().requires_grad_() for p in params]
+    for p, g in zip(copies, grads):
+        p.grad = g.clone()
+    return copies
+
+
+def bench_width(width: int, rounds: int, warmup: int, compiled: bool) -> None:
+    params, grads = resnet18_tensors(width)
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizers = {
+        "SGD foreach": torch.optim.SGD(fresh_copy(params, grads), foreach=True, **hyper),
+        "LARS foreach": LARS(fresh_copy(params, grads), foreach=True, **hyper),
+        "LARS single": LARS(fresh_copy(params, grads), foreach=False, **hyper),
     }
-    try:
-        from timm.optim import Lars as TimmLars  # type: ignore
-    except Exception:  # ImportError or a broken install
-        TimmLars = None
-    if TimmLars is not None:
-        opts["timm Lars"] = TimmLars(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
-    return opts, TimmLars is not None
+    compile_s = None
+    if compiled:
+        opt = LARS(fresh_copy(params, grads), foreach=True, **hyper)
+        opt.compile()
+        t0 = time.perf_counter()
+        opt.step()  # compiles
+        compile_s = time.perf_counter() - t0
+        optimizers["LARS compiled"] = opt
 
-
-def bench_width(width: int, reps: int, warmup: int) -> None:
-    shapes = resnet18_param_shapes(width)
-    if width == 64:
-        assert len(shapes) == 62, len(shapes)
-        assert _numel(shapes) == 11_173_962, _numel(shapes)
-    g = torch.Generator().manual_seed(0)
-    params = [torch.randn(s, generator=g).mul_(0.1).requires_grad_() for s in shapes]
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=g).mul_(0.01)
-    opts, have_timm = make_optimizers(params)
-
-    names = list(opts)
-    times = {n: [] for n in names}
-    for it in range(warmup + reps):
-        for n in names:  # round-robin interleaving
+    times = {name: [] for name in optimizers}
+    for it in range(warmup + rounds):
+        for name, opt in optimizers.items():
+            for group in opt.param_groups:  # a changing lr, as under a scheduler
+                group["lr"] = 0.1 + 1e-3 * (it % 7)
             t0 = time.perf_counter()
-            opts[n].step()
+            opt.step()
             t1 = time.perf_counter()
             if it >= warmup:
-                times[n].append(t1 - t0)
+                times[name].append(t1 - t0)
 
-    base = statistics.median(times["SGD foreach"])
-    print(f"\nResNet18 width {width}: {_numel(shapes):,} params in {len(shapes)} tensors "
-          f"(reps={reps}, warmup={warmup}, threads={torch.get_num_threads()})")
-    print(f"{'optimizer':<22}{'median ms':>11}{'vs SGD':>9}")
-    for n in names:
-        med = statistics.median(times[n])
-        print(f"{n:<22}{med * 1e3:>11.3f}{med / base:>8.2f}x")
-    if not have_timm:
-        print("timm Lars: timm not installed, skipped")
+    numel = sum(p.numel() for p in params)
+    print(f"\nResNet18 width {width}: {numel:,} params in {len(params)} tensors "
+          f"(rounds={rounds}, warmup={warmup}, threads={torch.get_num_threads()})")
+    if compile_s is not None:
+        print(f"LARS compiled: first step (compilation) {compile_s:.1f} s")
+    base_min, base_med = min(times["SGD foreach"]), statistics.median(times["SGD foreach"])
+    print(f"{'optimizer':<16}{'min ms':>9}{'median ms':>11}{'min/SGD':>9}{'median/SGD':>12}")
+    for name, ts in times.items():
+        t_min, t_med = min(ts), statistics.median(ts)
+        print(f"{name:<16}{t_min * 1e3:>9.3f}{t_med * 1e3:>11.3f}{t_min / base_min:>8.2f}x"
+              f"{t_med / base_med:>11.2f}x")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=50, help="timed repetitions per optimizer")
-    ap.add_argument("--warmup", type=int, default=5, help="untimed warm-up iterations")
-    ap.add_argument("--widths", type=int, nargs="+", default=[64, 16], help="ResNet18 widths")
+    ap.add_argument("--rounds", type=int, default=40, help="timed rounds (one step of each optimizer)")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
+    ap.add_argument("--widths", type=int, nargs="+", default=[16, 64], help="ResNet18 widths")
+    ap.add_argument("--no-compile", dest="compiled", action="store_false",
+                    help="skip LARS.compile() (about a minute of compilation per width)")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs")
-    for w in args.widths:
-        bench_width(w, args.reps, args.warmup)
+    probes = [write_probe_ms()]
+    print(f"memory-write probe before: {probes[0]:.3f} ms (add_ on 2.8 MB; quiet machine ~0.1 ms)")
+    for width in args.widths:
+        bench_width(width, args.rounds, args.warmup, args.compiled)
+    probes.append(write_probe_ms())
+    print(f"\nmemory-write probe after: {probes[1]:.3f} ms")
+    if max(probes) > SLOW_PROBE_MS:
+        print(f"WARNING: the machine was slowed (probe above {SLOW_PROBE_MS} ms): "
+              "these timings are not valid, run again")
 
 
 if __name__ == "__main__":
