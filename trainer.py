@@ -90,13 +90,16 @@ def build(recipe, plan, device, world_size=1, compile=False):
     seed_everything(recipe.seed)
     model = build_model(recipe, device)
     optimizer = build_optimizer(model, recipe, plan.scaled_lr)
-    scheduler = build_scheduler(optimizer, recipe, plan)
     net = model
     if world_size > 1:
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if compile:
         net = torch.compile(net)
-        optimizer.step = torch.compile(optimizer.step, fullgraph=True)
+        if isinstance(optimizer, LARS):
+            optimizer.compile()  # lr as a tensor: no recompile when the schedule changes it
+        else:
+            optimizer.step = torch.compile(optimizer.step)
+    scheduler = build_scheduler(optimizer, recipe, plan)
     dtype = AMP_DTYPES[recipe.amp]
     return Parts(model=model, net=net, optimizer=optimizer, scheduler=scheduler,
                  scaler=torch.amp.GradScaler(device.type, enabled=recipe.amp == "fp16"),

@@ -219,6 +219,7 @@ def test_resume_errors_leave_the_trial_untouched(tiny_cifar10, tmp_path, capsys)
     assert [t["trial_id"] for t in store.list_trials(str(tmp_path), "run")] == [trial["trial_id"]]
 
 
+@pytest.mark.slow
 def test_resume_continues_the_newest_unfinished_trial(tiny_cifar10, tmp_path, capsys):
     root, _ = tiny_cifar10
     flags = tiny_flags(root, tmp_path, epochs=1)
