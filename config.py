@@ -51,8 +51,9 @@ class Recipe:
     test_subset: int = _opt(0, "evaluate on the first N test images (0: all 10,000); marked in the results", low=0)
     seed: int = _opt(1, "random seed for the model, data order and augmentation (skeletor's default 1)",
                      low=0, high=MAX_SEED)
-    ghost_batch_size: int = _opt(0, "BatchNorm normalises groups of G samples (ghost BN, Hoffer et al. 2017); "
-                                    "0: the whole micro-batch", low=0)
+    ghost_batch_size: int = _opt(0, "BatchNorm normalises groups of G samples of each micro-batch (ghost BN, "
+                                    "Hoffer et al. 2017); 0, or G >= the micro-batch: the whole micro-batch",
+                                 low=0)
     zero_init_residual: bool = _opt(False, "start the last BatchNorm weight of each residual block at 0 "
                                            "(Goyal et al. 2017)")
     bn_weight_init: str = _opt("ones", "BatchNorm weight init: ones, or uniform in [0, 1) as PyTorch <= 0.4 "
@@ -247,9 +248,6 @@ def check(recipe, runtime=None, world_size=1):
                          f"{','.join(map(str, r.lr_milestones))}")
     if r.lr_milestones and r.lr_milestones[-1] > r.epochs:
         raise UsageError(f"--lr_milestones: {r.lr_milestones[-1]} is past --epochs {r.epochs}")
-    if r.ghost_batch_size and r.ghost_batch_size > r.max_samples_per_gpu:
-        raise UsageError(f"--ghost_batch_size: {r.ghost_batch_size} is more than --max_samples_per_gpu "
-                         f"{r.max_samples_per_gpu} (a ghost batch is part of one micro-batch)")
     if r.ghost_batch_size and r.last_batch == "keep":
         raise UsageError("--ghost_batch_size: not with --last_batch keep (the short last step need not divide)")
     if r.batch_size % world_size:
@@ -333,9 +331,10 @@ def plan(recipe, train_size, world_size=1):
     else:
         chunks = -(-per_rank // r.max_samples_per_gpu)
         micro = -(-per_rank // chunks)  # equal micro-batches, none above the limit
-    if r.ghost_batch_size and micro % r.ghost_batch_size:
-        raise UsageError(f"--ghost_batch_size: {r.ghost_batch_size} does not divide the micro-batch of {micro} "
-                         f"samples (batch {r.batch_size} over {world_size} rank(s), at most "
+    last_micro = per_rank - (chunks - 1) * micro
+    if r.ghost_batch_size and any(m > r.ghost_batch_size and m % r.ghost_batch_size for m in (micro, last_micro)):
+        raise UsageError(f"--ghost_batch_size: {r.ghost_batch_size} does not divide the micro-batches of "
+                         f"{micro} and {last_micro} samples (batch {r.batch_size} over {world_size} rank(s), at most "
                          f"{r.max_samples_per_gpu} per forward)")
     if r.last_batch == "keep":
         steps_per_epoch = -(-train_size // r.batch_size)
@@ -356,7 +355,7 @@ def plan(recipe, train_size, world_size=1):
     return Plan(train_size=train_size, world_size=world_size, steps_per_epoch=steps_per_epoch, total_steps=total,
                 scaled_lr=scaled_lr, warmup_steps=warmup, resolved_lr_gamma=gamma,
                 resolved_lr_milestones=tuple(milestones), micro_batch=micro, micro_batches_per_step=chunks,
-                bn_batch_size=r.ghost_batch_size or micro)
+                bn_batch_size=min(r.ghost_batch_size or micro, micro))
 
 
 # ---------------------------------------------------------------- the command line

@@ -8,6 +8,8 @@
 A config maps recipe flags (`batch_size`, `optimizer`, ...) to values. A list is a grid axis, except for a
 flag that takes a list itself (`lr_milestones`): there a list of lists is the axis and a plain list is one
 value. The grid is the cartesian product of the axes in the file's order (the last axis varies fastest).
+A config may also be a list of such mappings: several grids, run one after another (e.g. a recipe per batch
+size; YAML anchors `&base` / `<<: *base` share the common keys).
 Where and how trials run (`--logroot`, `--cuda`, ...) is given on the command line, and any flag given on the
 command line overrides the config for every trial (e.g. `--epochs 2` for a smoke run).
 
@@ -61,7 +63,8 @@ def _typed(path, key, value):
 
 
 def load_config(path):
-    """The config as {name: [values]} (one value for a fixed key, several for a grid axis), checked."""
+    """The config as a list of grids, each {name: [values]} (one value for a fixed key, several for an axis),
+    checked."""
     try:
         with open(path) as f:
             raw = yaml.safe_load(f)
@@ -69,9 +72,14 @@ def load_config(path):
         raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{path}: a config must be a mapping of recipe flags to values, got "
-                          f"{'nothing' if not raw else type(raw).__name__}")
+    grids = raw if isinstance(raw, list) else [raw]
+    if not raw or not all(isinstance(g, dict) and g for g in grids):
+        raise ConfigError(f"{path}: a config must be a mapping of recipe flags to values (or a list of such "
+                          f"mappings), got {'nothing' if not raw else type(raw).__name__}")
+    return [_load_grid(path, grid) for grid in grids]
+
+
+def _load_grid(path, raw):
     axes = {}
     for key, value in raw.items():
         if key in config.RUNTIME_KEYS:
@@ -99,8 +107,8 @@ def expand(axes):
 # ---------------------------------------------------------------- the plan
 
 def _label(point, varying):
-    return ", ".join(f"{k}={list(point[k]) if isinstance(point[k], tuple) else point[k]}" for k in varying) \
-        or "(single trial)"
+    return ", ".join(f"{k}={list(point[k]) if isinstance(point[k], tuple) else point[k]}" for k in varying
+                     if k in point) or "(single trial)"
 
 
 def _match(recipe_json, trials):
@@ -116,11 +124,13 @@ def plan(config_path, recipe, runtime, given):
     """[(label, recipe, existing parameter file or None)] for every distinct grid point.
 
     `recipe` holds the command line's values; those of the flags in `given` override the config."""
-    axes = load_config(config_path)
-    overridden = sorted(k for k in axes if k in given)
-    varying = [k for k, v in axes.items() if len(v) > 1 and k not in given]
+    grids = load_config(config_path)
+    overridden = sorted({k for axes in grids for k in axes if k in given})
+    keys = list(dict.fromkeys(k for axes in grids for k in axes))
+    # a label names what tells the points apart: axes, and keys whose value differs between grids
+    varying = [k for k in keys if k not in given and len({repr(v) for axes in grids for v in axes.get(k, [None])}) > 1]
     entries, seen = [], set()
-    for point in expand(axes):
+    for point in (p for axes in grids for p in expand(axes)):
         point_recipe = dataclasses.replace(recipe, **{k: v for k, v in point.items() if k not in given})
         try:
             resolved = trainer.prepare(point_recipe, runtime)

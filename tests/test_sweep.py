@@ -107,11 +107,11 @@ def test_shipped_configs_expand(tmp_path):
         path = os.path.join(CONFIGS, name)
         entries = plan_of(path, ["exp", "--config", path, "--logroot", str(tmp_path)])
         assert len(entries) == n
-    axes = sweep.load_config(os.path.join(CONFIGS, "seed_table.yaml"))
+    (axes,) = sweep.load_config(os.path.join(CONFIGS, "seed_table.yaml"))
     assert axes["batch_size"] == [64, 256, 1024, 4096, 16384]
     assert (axes["optimizer"], axes["lr"], axes["eta"], axes["momentum"], axes["weight_decay"], axes["poly_power"],
             axes["epochs"], axes["max_samples_per_gpu"]) == (["LARS"], [0.1], [0.001], [0.9], [5e-4], [2.0], [200], [512])
-    sgd = sweep.load_config(os.path.join(CONFIGS, "sgd_baseline.yaml"))
+    (sgd,) = sweep.load_config(os.path.join(CONFIGS, "sgd_baseline.yaml"))
     assert sgd["optimizer"] == ["SGD"] and sgd["batch_size"] == [128] and sgd["schedule"] == ["geometric"]
 
 
