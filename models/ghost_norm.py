@@ -57,7 +57,7 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
             .transpose(0, 1)
             .reshape(self.ghost_batch_size, num_groups * channels, height, width)
         )
-        momentum = self._momentum_for_this_step()
+        momentum = self._count_forward()
         tracks = self.training and self.running_mean is not None
         # Each group gets its own copy of the running statistics to update; averaging the
         # copies afterwards gives the one update the class docstring describes.
@@ -82,8 +82,9 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
             out = out.contiguous(memory_format=torch.channels_last)
         return out
 
-    def _momentum_for_this_step(self) -> float:
-        """BatchNorm's exponential averaging factor, counting this forward as in _BatchNorm."""
+    def _count_forward(self) -> float:
+        """Count this forward in num_batches_tracked and return the running statistics'
+        averaging factor, as _BatchNorm.forward does."""
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
