@@ -281,6 +281,11 @@ def open_trial(logroot, experimentname, params, resume_id=None, keep_until_step=
     results_path = _results_path(logroot, experimentname, trial_id)
     try:
         if resume_id is not None:
+            # a writer killed mid-write (SIGKILL) leaves its temporary files; this trial's are ours (we hold its lock)
+            for where, prefix in ((folder, ""), (metadata, f"{trial_id}_")):
+                for name in os.listdir(where):
+                    if name.startswith(prefix) and name.endswith(".tmp"):
+                        _remove_quietly(os.path.join(where, name))
             old = _params_path(logroot, experimentname, trial_id)
             params["start_time"] = _read_params(old).get("start_time", params["start_time"]) if os.path.exists(
                 old) else params["start_time"]
