@@ -74,11 +74,11 @@ def check_destination(logroot, experimentname):
         raise StoreError(f"--logroot {logroot}: {existing} is not a folder")
     for folder in (experiment_dir(logroot, name), logroot, existing):
         if os.path.isdir(folder):
-            _probe_writable(folder, logroot)
+            _check_writable(folder, logroot)
             break
 
 
-def _probe_writable(folder, logroot):
+def _check_writable(folder, logroot):
     """access(2), not a probe file: it touches nothing (a probe would change the folder's mtime), and unlike
     the permission bits it tells root about read-only mounts and immutable folders."""
     if not os.access(folder, os.W_OK | os.X_OK):

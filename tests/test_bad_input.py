@@ -271,6 +271,19 @@ def test_a_second_writer_is_refused_until_the_first_lets_go(tmp_path):
     assert [t["trial_id"] for t in store.list_trials(logroot, "exp")] == [trial_id]
 
 
+def test_reopening_a_trial_clears_the_temporary_files_of_a_killed_writer(tmp_path):
+    logroot = str(tmp_path)
+    trial = store.open_trial(logroot, "exp", {"lr": 0.1})
+    trial.close(False)
+    folder, trials = tmp_path / "exp" / trial.trial_id, tmp_path / "exp" / "trials"
+    stale = [folder / "last.pt.tmp", folder / "best.pt.tmp", trials / f"{trial.trial_id}_result.json.tmp"]
+    other = trials / "b000000000_result.json.tmp"  # another trial's: not ours to remove
+    for path in stale + [other]:
+        path.write_bytes(b"half a file")
+    store.open_trial(logroot, "exp", {"lr": 0.1}, resume_id=trial.trial_id).close(False)
+    assert not any(p.exists() for p in stale) and other.exists()
+
+
 # ---------------------------------------------------------------- --help
 
 def test_help_shows_one_default_for_every_flag():
