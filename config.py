@@ -397,9 +397,8 @@ def make_parser(description="", *, with_defaults=True):
 
     `with_defaults=False` leaves unset flags out of the result, so it tells which flags were given.
     """
-    parser = _Parser(prog="train.py", description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     argument_default=None if with_defaults else argparse.SUPPRESS)
+    parser = _Parser(prog="train.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     argument_default=None if with_defaults else argparse.SUPPRESS)
 
     def one_line_error(message):
         parser.exit(2, f"train.py: error: {message}\n")
