@@ -11,6 +11,7 @@ This module imports no torch, so `train.py --help` stays cheap.
 import argparse
 import dataclasses
 import math
+import sys
 import typing
 from dataclasses import dataclass, field
 
@@ -163,12 +164,17 @@ def describe(name):
     else:
         words = {int: "an integer", float: "a finite number", str: "a string"}[scalar]
         if meta.get("low") is not None or meta.get("high") is not None:
-            lo = "" if meta["low"] is None else ("> " if meta["low_open"] else ">= ") + f"{meta['low']:g}"
-            hi = "" if meta["high"] is None else ("< " if meta["high_open"] else "<= ") + f"{meta['high']:g}"
+            lo = "" if meta["low"] is None else ("> " if meta["low_open"] else ">= ") + _number(meta["low"])
+            hi = "" if meta["high"] is None else ("< " if meta["high_open"] else "<= ") + _number(meta["high"])
             words += " " + " and ".join(p for p in (lo, hi) if p)
     if is_tuple:
         words = "comma-separated " + words.replace("an integer", "integers").replace("a finite number", "numbers")
     return words
+
+
+def _number(bound):
+    """A range bound in words: integers in full (the seed's 4294967295, not 4.29497e+09)."""
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
 
 
 def _bad(name, value):
@@ -236,6 +242,7 @@ def check(recipe, runtime=None, world_size=1):
         for f in dataclasses.fields(runtime):
             if f.name != "experimentname":
                 check_value(f.name, getattr(runtime, f.name))
+        check_experimentname(runtime.experimentname)
     r = recipe
     if r.warmup_epochs > r.epochs:
         raise UsageError(f"--warmup_epochs: {r.warmup_epochs:g} is more than --epochs {r.epochs}")
@@ -261,6 +268,20 @@ def check(recipe, runtime=None, world_size=1):
             raise UsageError("--amp: fp16 needs --cuda (use bf16 on the CPU)")
         if runtime.ray and not runtime.config:
             raise UsageError("--ray: needs --config (a grid to run)")
+
+
+# The longest file name on Linux file systems (NAME_MAX); store.check_destination asks the actual one.
+MAX_NAME_BYTES = 255
+
+
+def check_experimentname(name):
+    """The experiment name becomes the folder LOGROOT/NAME: one plain folder name, nothing that climbs out."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise UsageError(f"experimentname: expected a single folder name (not empty, not '.' or '..', no '/'), "
+                         f"got {name!r}")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise UsageError(f"experimentname: expected a folder name of at most {MAX_NAME_BYTES} bytes, got one of "
+                         f"{len(name.encode('utf-8', 'surrogateescape'))} bytes")
 
 
 def _residual_archs():
@@ -365,7 +386,8 @@ def _flag_help(name):
     default = _FIELDS[name].default
     if "default" in meta["help"]:  # the help says what an empty default means
         return meta["help"]
-    return f"{meta['help']} (default: {'off' if default is False else default})"
+    shown = "off" if default is False else "none" if default == "" else default
+    return f"{meta['help']} (default: {shown})"
 
 
 def make_parser(description="", *, with_defaults=True):
@@ -374,9 +396,8 @@ def make_parser(description="", *, with_defaults=True):
 
     `with_defaults=False` leaves unset flags out of the result, so it tells which flags were given.
     """
-    parser = argparse.ArgumentParser(prog="train.py", description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     argument_default=None if with_defaults else argparse.SUPPRESS)
+    parser = _Parser(prog="train.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     argument_default=None if with_defaults else argparse.SUPPRESS)
 
     def one_line_error(message):
         parser.exit(2, f"train.py: error: {message}\n")
@@ -397,6 +418,30 @@ def make_parser(description="", *, with_defaults=True):
                 group.add_argument(f"--{f.name}", type=_parser_type(f.name), metavar=metavar,
                                    help=_flag_help(f.name), **default)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a value starting with '-' after a flag that takes one is that flag's value.
+    argparse takes only plain negative numbers (`-1`, `-.5`) as values: `--lr_milestones -1,5` or
+    `--warmup_epochs -1e-3` would be "expected one argument" instead of the flag's range."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        joined, i = [], 0
+        while i < len(args):
+            action = self._option_string_actions.get(args[i])
+            value = args[i + 1] if i + 1 < len(args) else ""
+            if args[i] == "--":
+                joined += args[i:]
+                break
+            if (action is not None and action.nargs is None and args[i].startswith("--") and len(value) > 1
+                    and value[0] == "-" and (value[1].isdigit() or value[1] == ".")):
+                joined.append(f"{args[i]}={value}")
+                i += 2
+            else:
+                joined.append(args[i])
+                i += 1
+        return super().parse_known_args(joined, namespace)
 
 
 def _parser_type(name):

@@ -74,20 +74,16 @@ def check_destination(logroot, experimentname):
         raise StoreError(f"--logroot {logroot}: {existing} is not a folder")
     for folder in (experiment_dir(logroot, name), logroot, existing):
         if os.path.isdir(folder):
-            _probe_writable(folder, logroot)
+            _check_writable(folder, logroot)
             break
 
 
-def _probe_writable(folder, logroot):
-    """Create and remove a file in `folder`: permission bits do not tell root about read-only mounts or
-    immutable folders."""
-    probe = os.path.join(folder, f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise StoreError(f"--logroot {logroot}: cannot write in {folder} ({e.strerror})") from None
+def _check_writable(folder, logroot):
+    """access(2), not a probe file: it touches nothing (a probe would change the folder's mtime), and unlike
+    the permission bits it tells root about read-only mounts and immutable folders."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(f"--logroot {logroot}: cannot write in {folder} (no write permission, or a read-only or "
+                         f"immutable folder)")
 
 
 def trial_dir(logroot, experimentname, trial_id):
@@ -281,6 +277,11 @@ def open_trial(logroot, experimentname, params, resume_id=None, keep_until_step=
     results_path = _results_path(logroot, experimentname, trial_id)
     try:
         if resume_id is not None:
+            # a writer killed mid-write (SIGKILL) leaves its temporary files; this trial's are ours (we hold its lock)
+            for where, prefix in ((folder, ""), (metadata, f"{trial_id}_")):
+                for name in os.listdir(where):
+                    if name.startswith(prefix) and name.endswith(".tmp"):
+                        _remove_quietly(os.path.join(where, name))
             old = _params_path(logroot, experimentname, trial_id)
             params["start_time"] = _read_params(old).get("start_time", params["start_time"]) if os.path.exists(
                 old) else params["start_time"]

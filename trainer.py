@@ -384,9 +384,13 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
                     trial.save_checkpoint(state or checkpoint_state(parts, recipe, done, global_step, best_top1,
                                                                     done == recipe.epochs), "best.pt")
         finished = last_epoch == recipe.epochs
-    finally:
-        if master:
-            trial.close(finished)
+    except BaseException:
+        if master:  # the error that stopped the run is the one to report, not a second one (a full disk)
+            with contextlib.suppress(store.StoreError):
+                trial.close(False)
+        raise
+    if master:
+        trial.close(finished)
     if master:
         print(("finished" if finished else f"stopped after epoch {last_epoch} as asked; continue with --resume")
               + f": results in {trial.dir}", flush=True)
