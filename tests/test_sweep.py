@@ -103,7 +103,8 @@ def test_command_line_overrides_the_config(tmp_path):
 
 
 def test_shipped_configs_expand(tmp_path):
-    for name, n in (("seed_table.yaml", 5), ("lars_tuned.yaml", 5), ("sgd_baseline.yaml", 1)):
+    for name, n in (("seed_table.yaml", 5), ("lars_tuned.yaml", 9), ("sgd_nesterov_tuned.yaml", 9),
+                    ("sgd_baseline.yaml", 1)):
         path = os.path.join(CONFIGS, name)
         entries = plan_of(path, ["exp", "--config", path, "--logroot", str(tmp_path)])
         assert len(entries) == n
@@ -111,6 +112,9 @@ def test_shipped_configs_expand(tmp_path):
     assert axes["batch_size"] == [64, 256, 1024, 4096, 16384]
     assert (axes["optimizer"], axes["lr"], axes["eta"], axes["momentum"], axes["weight_decay"], axes["poly_power"],
             axes["epochs"], axes["max_samples_per_gpu"]) == (["LARS"], [0.1], [0.001], [0.9], [5e-4], [2.0], [200], [512])
+    # every seed behaviour is on
+    assert (axes["last_batch"], axes["loss_weighting"], axes["zero_norm_trust"], axes["lr_update"],
+            axes["bn_weight_init"], axes["amp"]) == (["keep"], ["per_chunk"], ["formula"], ["epoch"], ["uniform"], ["none"])
     (sgd,) = sweep.load_config(os.path.join(CONFIGS, "sgd_baseline.yaml"))
     assert sgd["optimizer"] == ["SGD"] and sgd["batch_size"] == [128] and sgd["schedule"] == ["geometric"]
 
