@@ -86,11 +86,8 @@ def _multi_tensor_allowed(params: List[Tensor]) -> bool:
         type(p) in _PLAIN_TENSOR_TYPES and p.layout == torch.strided for p in params)
 
 
-def _group_by_device_and_dtype(params: List[Tensor]) -> Optional[List[List[int]]]:
-    """Indices of ``params`` per (device, dtype); None when all share one (the usual case)."""
-    first = params[0]
-    if all(p.device == first.device and p.dtype == first.dtype for p in params):
-        return None
+def _group_by_device_and_dtype(params: List[Tensor]) -> List[List[int]]:
+    """Indices of ``params`` per (device, dtype), in order of first appearance."""
     groups: Dict[Tuple[torch.device, torch.dtype], List[int]] = {}
     for i, p in enumerate(params):
         groups.setdefault((p.device, p.dtype), []).append(i)
@@ -219,7 +216,7 @@ class LARS(Optimizer):
         # Per param group (by id, with the group itself to detect a reused id):
         # the tensors seen last step and their device/dtype grouping, which only
         # change when the set of parameters with a gradient changes.
-        self._layouts: Dict[int, Tuple[dict, Tuple[Tensor, ...], bool, Optional[List[List[int]]]]] = {}
+        self._layouts: Dict[int, Tuple[dict, Tuple[Tensor, ...], bool, List[List[int]]]] = {}
         self._compiled_lars: Optional[Callable[..., None]] = None
         super().__init__(params, defaults)
 
@@ -272,7 +269,7 @@ class LARS(Optimizer):
                 momentum_buffers.append(buf)
         return params, grads, momentum_buffers
 
-    def _layout(self, group: dict, params: List[Tensor]) -> Tuple[bool, Optional[List[List[int]]]]:
+    def _layout(self, group: dict, params: List[Tensor]) -> Tuple[bool, List[List[int]]]:
         """(multi-tensor path allowed, device/dtype grouping) of ``params``, cached per group."""
         cached = self._layouts.get(id(group))
         if (cached is not None and cached[0] is group and len(cached[1]) == len(params)
@@ -381,9 +378,8 @@ def lars(
     Updates ``params`` and the buffers in place; missing (None) buffers in
     ``momentum_buffer_list`` are created (it is unused when ``momentum == 0``).
     ``device_dtype_buckets`` optionally gives the indices of ``params`` per
-    (device, dtype), as ``_group_by_device_and_dtype`` computes them (None: all
-    tensors share one device and dtype, or let the multi-tensor path find out);
-    the :class:`LARS` class caches it between steps.
+    (device, dtype), as ``_group_by_device_and_dtype`` computes them (None:
+    computed here); the :class:`LARS` class caches it between steps.
     """
     for g in grads:
         if g.is_sparse:
@@ -404,7 +400,7 @@ def lars(
         buckets = device_dtype_buckets
         if buckets is None:
             buckets = _group_by_device_and_dtype(params)
-        if buckets is None:
+        if len(buckets) == 1:
             _multi_tensor_lars(params, grads, momentum_buffer_list if momentum != 0 else [], **hyper)
         else:
             for indices in buckets:
