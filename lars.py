@@ -303,7 +303,7 @@ class LARS(Optimizer):
             update = lars
             if self._compiled_lars is not None:
                 update = self._compiled_lars
-                lr = torch.tensor(lr, dtype=torch.float64)
+                lr = torch.tensor([lr], dtype=torch.float64)  # 0-d CPU tensors become host scalars (.item()) in compiled code
             update(
                 params,
                 grads,
@@ -440,6 +440,17 @@ def _trust_ratio(w_norm: Tensor, update_norm: Tensor, *, lr: LearningRate, weigh
     return ratio
 
 
+def _norms(tensors: List[Tensor]) -> List[Tensor]:
+    """2-norms, by ``_foreach_norm`` in eager mode (both paths: its result for
+    one tensor does not depend on the other tensors of the list, while on CUDA
+    ``torch.linalg.vector_norm`` sums in another order).  A compiled graph gets
+    ``vector_norm``, which Inductor fuses into its kernels; ``_foreach_norm``
+    would stay a separate library call."""
+    if torch.compiler.is_compiling():
+        return [torch.linalg.vector_norm(t) for t in tensors]
+    return list(torch._foreach_norm(tensors, 2))
+
+
 def _host_scalars(device: torch.device) -> bool:
     """Whether per-tensor factors go to the kernels as Python floats (else as 0-d tensors).
 
@@ -509,10 +520,7 @@ def _single_tensor_lars(
         direction = torch.add(g, w, alpha=sign * weight_decay) if materialize_direction else g
 
         if lars_adapt:
-            # the multi-tensor path's reduction: on CUDA torch.linalg.vector_norm
-            # sums in another order; _foreach_norm's result for one tensor does
-            # not depend on the other tensors of the list
-            w_norm, update_norm = torch._foreach_norm([w, direction], 2)
+            w_norm, update_norm = _norms([w, direction])
             scale: Union[float, Tensor] = _trust_ratio(
                 w_norm, update_norm, lr=lr_value, weight_decay=weight_decay,
                 decay_in_denominator=norm_mode == "paper", eta=eta, eps=eps,
@@ -621,7 +629,7 @@ def _multi_tensor_lars(
         return factors.tolist() if host_scalars else list(factors.unbind(0))
 
     if lars_adapt:
-        norms = torch.stack(torch._foreach_norm([*params, *directions], 2))
+        norms = torch.stack(_norms([*params, *directions]))
         scales = _trust_ratio(
             norms[:count], norms[count:], lr=lr_value, weight_decay=weight_decay,
             decay_in_denominator=norm_mode == "paper", eta=eta, eps=eps,
