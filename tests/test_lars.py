@@ -276,6 +276,20 @@ def test_state_dict_round_trip(foreach):
     assert all(torch.equal(x, y.detach()) for x, y in zip(full, ps2))
 
 
+def test_state_dict_without_zero_norm_trust_loads():
+    # checkpoints written before the option existed lack the key
+    p = torch.ones(2, requires_grad=True)
+    opt = LARS([p], lr=0.1)
+    sd = opt.state_dict()
+    for group in sd["param_groups"]:
+        del group["zero_norm_trust"]
+    opt2 = LARS([p], lr=0.1)
+    opt2.load_state_dict(sd)
+    assert opt2.param_groups[0]["zero_norm_trust"] == "one"
+    p.grad = torch.ones(2)
+    opt2.step()
+
+
 def test_lr_scheduler_drives_lr():
     ps0, grads = _make(SHAPES)
     ps = [p.clone().requires_grad_() for p in ps0]
