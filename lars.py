@@ -545,25 +545,16 @@ def _single_tensor_lars(
             direction_scale = scale * sign
             decay_scale = scale * weight_decay
 
-        def add_scaled_(target: Tensor, tensor: Tensor, factor, tensor_is_scratch: bool = False) -> None:
-            """target += factor * tensor, with the operations _add_scaled_ uses for this device."""
-            if not isinstance(factor, Tensor):
-                target.add_(tensor, alpha=factor)
-            elif host_scalars:
-                target.add_(tensor.mul_(factor) if tensor_is_scratch else tensor * factor)
-            else:
-                target.addcmul_(tensor, factor)
-
         if momentum != 0 and not nesterov:
             buf.mul_(momentum)
-            add_scaled_(buf, direction, direction_scale, materialize_direction)
+            _add_scaled_one_(buf, direction, direction_scale, host_scalars, materialize_direction)
             if separate_decay_term:
-                add_scaled_(buf, w, decay_scale)
+                _add_scaled_one_(buf, w, decay_scale, host_scalars)
             step = buf
         else:
             step = direction.mul_(direction_scale) if materialize_direction else direction * direction_scale
             if separate_decay_term:
-                add_scaled_(step, w, decay_scale)
+                _add_scaled_one_(step, w, decay_scale, host_scalars)
             if momentum != 0:
                 buf.mul_(momentum)
                 buf.add_(step)
@@ -572,12 +563,23 @@ def _single_tensor_lars(
         if style == "paper":
             w.sub_(step)
         else:
-            add_scaled_(w, step, -lr_value)
+            _add_scaled_one_(w, step, -lr_value, host_scalars)
 
         if upcast:
             param.copy_(w)
             if buf is not None:
                 buf_stored.copy_(buf)
+
+
+def _add_scaled_one_(target: Tensor, tensor: Tensor, factor: Union[float, Tensor], host_scalars: bool,
+                     tensor_is_scratch: bool = False) -> None:
+    """target += factor * tensor, by the operations ``_add_scaled_`` runs for the same device."""
+    if not isinstance(factor, Tensor):
+        target.add_(tensor, alpha=factor)
+    elif host_scalars:
+        target.add_(tensor.mul_(factor) if tensor_is_scratch else tensor * factor)
+    else:
+        target.addcmul_(tensor, factor)
 
 
 def _add_scaled_(targets: List[Tensor], tensors: List[Tensor], factor: Scale,
