@@ -11,6 +11,11 @@ functional core :func:`lars` dispatches to ``_single_tensor_lars`` (one tensor
 at a time) or ``_multi_tensor_lars`` (``torch._foreach_*`` kernels over all
 tensors of one device and dtype).  Both paths run the same operations in the
 same order on the same operands, so they give the same bits.
+
+For ``torch.compile``, call ``opt.compile()`` once (options go to
+``torch.compile``, which runs with ``fullgraph=True``) and keep calling
+``opt.step()``: the functional core is compiled, with ``lr`` passed as a
+tensor so that a scheduler changing it does not recompile.
 """
 
 from __future__ import annotations
@@ -77,20 +82,19 @@ def _multi_tensor_allowed(params: List[Tensor]) -> bool:
     """Whether ``foreach=None`` runs the multi-tensor path: plain dense tensors, not TorchScript.
 
     Unlike torch's own optimizers this holds on the CPU too: there the foreach
-    kernels loop over the tensors in C++, which saves the per-tensor Python
-    overhead that makes single-tensor LARS (several small operations per tensor
-    for the trust ratio) 2.8-3.4x slower than SGD(foreach) on a CIFAR ResNet18.
-    Tensors on several devices are fine: the path groups them by device and dtype.
+    kernels loop over the tensors in C++, and the trust ratios of all tensors
+    come from one stacked vector, while single-tensor LARS pays about a dozen
+    small operations per tensor for its trust ratio: it measured 3-7x the step
+    time of SGD(foreach) at ResNet18 width 16 on the CPU (bench/optimizer_step.py),
+    the multi-tensor path 1.2-1.5x.  Tensors on several devices are fine: the
+    path groups them by device and dtype.
     """
     return not torch.jit.is_scripting() and all(
         type(p) in _PLAIN_TENSOR_TYPES and p.layout == torch.strided for p in params)
 
 
-def _group_by_device_and_dtype(params: List[Tensor]) -> Optional[List[List[int]]]:
-    """Indices of ``params`` per (device, dtype); None when all share one (the usual case)."""
-    first = params[0]
-    if all(p.device == first.device and p.dtype == first.dtype for p in params):
-        return None
+def _group_by_device_and_dtype(params: List[Tensor]) -> List[List[int]]:
+    """Indices of ``params`` per (device, dtype), in order of first appearance."""
     groups: Dict[Tuple[torch.device, torch.dtype], List[int]] = {}
     for i, p in enumerate(params):
         groups.setdefault((p.device, p.dtype), []).append(i)
@@ -219,7 +223,7 @@ class LARS(Optimizer):
         # Per param group (by id, with the group itself to detect a reused id):
         # the tensors seen last step and their device/dtype grouping, which only
         # change when the set of parameters with a gradient changes.
-        self._layouts: Dict[int, Tuple[dict, Tuple[Tensor, ...], bool, Optional[List[List[int]]]]] = {}
+        self._layouts: Dict[int, Tuple[dict, Tuple[Tensor, ...], bool, List[List[int]]]] = {}
         self._compiled_lars: Optional[Callable[..., None]] = None
         super().__init__(params, defaults)
 
@@ -227,6 +231,8 @@ class LARS(Optimizer):
         # load_state_dict and unpickling replace the param groups: drop the
         # layouts of the old ones (unpickling also creates the attributes)
         super().__setstate__(state)
+        for group in self.param_groups:  # state dicts saved before zero_norm_trust existed
+            group.setdefault("zero_norm_trust", "one")
         self._layouts = {}
         self.__dict__.setdefault("_compiled_lars", None)
 
@@ -272,7 +278,7 @@ class LARS(Optimizer):
                 momentum_buffers.append(buf)
         return params, grads, momentum_buffers
 
-    def _layout(self, group: dict, params: List[Tensor]) -> Tuple[bool, Optional[List[List[int]]]]:
+    def _layout(self, group: dict, params: List[Tensor]) -> Tuple[bool, List[List[int]]]:
         """(multi-tensor path allowed, device/dtype grouping) of ``params``, cached per group."""
         cached = self._layouts.get(id(group))
         if (cached is not None and cached[0] is group and len(cached[1]) == len(params)
@@ -306,7 +312,7 @@ class LARS(Optimizer):
             update = lars
             if self._compiled_lars is not None:
                 update = self._compiled_lars
-                lr = torch.tensor(lr, dtype=torch.float64)
+                lr = torch.tensor([lr], dtype=torch.float64)  # 0-d CPU tensors become host scalars (.item()) in compiled code
             update(
                 params,
                 grads,
@@ -381,9 +387,8 @@ def lars(
     Updates ``params`` and the buffers in place; missing (None) buffers in
     ``momentum_buffer_list`` are created (it is unused when ``momentum == 0``).
     ``device_dtype_buckets`` optionally gives the indices of ``params`` per
-    (device, dtype), as ``_group_by_device_and_dtype`` computes them (None: all
-    tensors share one device and dtype, or let the multi-tensor path find out);
-    the :class:`LARS` class caches it between steps.
+    (device, dtype), as ``_group_by_device_and_dtype`` computes them (None:
+    computed here); the :class:`LARS` class caches it between steps.
     """
     for g in grads:
         if g.is_sparse:
@@ -404,7 +409,7 @@ def lars(
         buckets = device_dtype_buckets
         if buckets is None:
             buckets = _group_by_device_and_dtype(params)
-        if buckets is None:
+        if len(buckets) == 1:
             _multi_tensor_lars(params, grads, momentum_buffer_list if momentum != 0 else [], **hyper)
         else:
             for indices in buckets:
@@ -442,6 +447,17 @@ def _trust_ratio(w_norm: Tensor, update_norm: Tensor, *, lr: LearningRate, weigh
         else:
             ratio = torch.ones_like(ratio)
     return ratio
+
+
+def _norms(tensors: List[Tensor]) -> List[Tensor]:
+    """2-norms, by ``_foreach_norm`` in eager mode (both paths: its result for
+    one tensor does not depend on the other tensors of the list, while on CUDA
+    ``torch.linalg.vector_norm`` sums in another order).  A compiled graph gets
+    ``vector_norm``, which Inductor fuses into its kernels; ``_foreach_norm``
+    would stay a separate library call."""
+    if torch.compiler.is_compiling():
+        return [torch.linalg.vector_norm(t) for t in tensors]
+    return list(torch._foreach_norm(tensors, 2))
 
 
 def _host_scalars(device: torch.device) -> bool:
@@ -513,10 +529,7 @@ def _single_tensor_lars(
         direction = torch.add(g, w, alpha=sign * weight_decay) if materialize_direction else g
 
         if lars_adapt:
-            # the multi-tensor path's reduction: on CUDA torch.linalg.vector_norm
-            # sums in another order; _foreach_norm's result for one tensor does
-            # not depend on the other tensors of the list
-            w_norm, update_norm = torch._foreach_norm([w, direction], 2)
+            w_norm, update_norm = _norms([w, direction])
             scale: Union[float, Tensor] = _trust_ratio(
                 w_norm, update_norm, lr=lr_value, weight_decay=weight_decay,
                 decay_in_denominator=norm_mode == "paper", eta=eta, eps=eps,
@@ -532,25 +545,16 @@ def _single_tensor_lars(
             direction_scale = scale * sign
             decay_scale = scale * weight_decay
 
-        def add_scaled_(target: Tensor, tensor: Tensor, factor, tensor_is_scratch: bool = False) -> None:
-            """target += factor * tensor, with the operations _add_scaled_ uses for this device."""
-            if not isinstance(factor, Tensor):
-                target.add_(tensor, alpha=factor)
-            elif host_scalars:
-                target.add_(tensor.mul_(factor) if tensor_is_scratch else tensor * factor)
-            else:
-                target.addcmul_(tensor, factor)
-
         if momentum != 0 and not nesterov:
             buf.mul_(momentum)
-            add_scaled_(buf, direction, direction_scale, materialize_direction)
+            _add_scaled_one_(buf, direction, direction_scale, host_scalars, materialize_direction)
             if separate_decay_term:
-                add_scaled_(buf, w, decay_scale)
+                _add_scaled_one_(buf, w, decay_scale, host_scalars)
             step = buf
         else:
             step = direction.mul_(direction_scale) if materialize_direction else direction * direction_scale
             if separate_decay_term:
-                add_scaled_(step, w, decay_scale)
+                _add_scaled_one_(step, w, decay_scale, host_scalars)
             if momentum != 0:
                 buf.mul_(momentum)
                 buf.add_(step)
@@ -559,12 +563,23 @@ def _single_tensor_lars(
         if style == "paper":
             w.sub_(step)
         else:
-            add_scaled_(w, step, -lr_value)
+            _add_scaled_one_(w, step, -lr_value, host_scalars)
 
         if upcast:
             param.copy_(w)
             if buf is not None:
                 buf_stored.copy_(buf)
+
+
+def _add_scaled_one_(target: Tensor, tensor: Tensor, factor: Union[float, Tensor], host_scalars: bool,
+                     tensor_is_scratch: bool = False) -> None:
+    """target += factor * tensor, by the operations ``_add_scaled_`` runs for the same device."""
+    if not isinstance(factor, Tensor):
+        target.add_(tensor, alpha=factor)
+    elif host_scalars:
+        target.add_(tensor.mul_(factor) if tensor_is_scratch else tensor * factor)
+    else:
+        target.addcmul_(tensor, factor)
 
 
 def _add_scaled_(targets: List[Tensor], tensors: List[Tensor], factor: Scale,
@@ -607,8 +622,7 @@ def _multi_tensor_lars(
             [torch.view_as_real(t) for t in ts] for ts in (params, grads, momentum_buffer_list))
     upcast = params[0].dtype in _UPCAST_DTYPES
     if upcast:
-        params, grads, momentum_buffer_list = (
-            [t.float() for t in ts] for ts in (params, grads, momentum_buffer_list))
+        params, grads, momentum_buffer_list = (_to_float32(ts) for ts in (params, grads, momentum_buffer_list))
     device, compute_dtype = params[0].device, params[0].dtype
     host_scalars = _host_scalars(device)
     sign, style, materialize_direction, separate_decay_term = _plan(
@@ -625,7 +639,7 @@ def _multi_tensor_lars(
         return factors.tolist() if host_scalars else list(factors.unbind(0))
 
     if lars_adapt:
-        norms = torch.stack(torch._foreach_norm([*params, *directions], 2))
+        norms = torch.stack(_norms([*params, *directions]))
         scales = _trust_ratio(
             norms[:count], norms[count:], lr=lr_value, weight_decay=weight_decay,
             decay_in_denominator=norm_mode == "paper", eta=eta, eps=eps,
@@ -671,6 +685,15 @@ def _multi_tensor_lars(
         torch._foreach_copy_(stored_params, params)
         if stored_buffers:
             torch._foreach_copy_(stored_buffers, momentum_buffer_list)
+
+
+def _to_float32(tensors: List[Tensor]) -> List[Tensor]:
+    """float32 copies, by one fused ``_foreach_copy_`` (not one conversion kernel per tensor)."""
+    if not tensors:
+        return []
+    copies = [torch.empty_like(t, dtype=torch.float32) for t in tensors]
+    torch._foreach_copy_(copies, tensors)
+    return copies
 
 
 def _scale_(tensors: List[Tensor], factor: float) -> None:

@@ -2,14 +2,16 @@
 
 Compares, on the CPU, torch.optim.SGD(momentum=0.9, weight_decay=5e-4,
 foreach=True) with LARS (multi-tensor path, single-tensor path, and the update
-compiled by ``LARS.compile()``), at the given widths.  Every optimizer has its
-own copy of the parameters, gradients and buffers; their steps are interleaved
+compiled by ``LARS.compile()``), at the given widths.  The optimizers share
+the parameter and gradient tensors (each keeps its own momentum buffers), as
+earlier versions of this benchmark did; their steps are interleaved
 round-robin so that drift of a shared machine affects all alike.  Ratios are to
 SGD(foreach) in the same run: min over rounds (the quietest step) and median.
 
 A memory-write probe (an in-place ``add_`` on a 2.8 MB tensor; about 0.1 ms on
-a quiet machine) runs before and after: when the machine is slowed (several ms)
-the timings are not comparable and a warning says so.
+a quiet machine) runs before and after each width: when the machine is slowed
+(several ms) the timings are not comparable and a warning says so.  A slowdown
+between two probes goes unseen; the medians (far above the minima) show it.
 
     python bench/optimizer_step.py --rounds 40 --widths 16 64
 """
@@ -35,6 +37,8 @@ SLOW_PROBE_MS = 1.0  # ~10x a quiet machine's probe
 def write_probe_ms(repeats: int = 20) -> float:
     """Fastest in-place add_ on 700,000 float32 (2.8 MB), in ms."""
     x = torch.zeros(700_000)
+    for _ in range(repeats):  # untimed: the first calls of a process include one-off set-up
+        x.add_(1.0)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -43,33 +47,27 @@ def write_probe_ms(repeats: int = 20) -> float:
     return best * 1e3
 
 
-def resnet18_tensors(width: int, seed: int = 0):
-    """(params, grads) with the shapes of models.build("ResNet18", width=width)."""
+def resnet18_params(width: int, seed: int = 0):
+    """Parameters with the shapes of models.build("ResNet18", width=width), with gradients."""
     shapes = [p.shape for p in models.build("ResNet18", width=width).parameters()]
     gen = torch.Generator().manual_seed(seed)
-    params = [torch.randn(s, generator=gen).mul_(0.1) for s in shapes]
-    grads = [torch.randn(s, generator=gen).mul_(0.01) for s in shapes]
-    return params, grads
-
-
-def fresh_copy(params, grads):
-    copies = [p.clone().requires_grad_() for p in params]
-    for p, g in zip(copies, grads):
-        p.grad = g.clone()
-    return copies
+    params = [torch.randn(s, generator=gen).mul_(0.1).requires_grad_() for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen).mul_(0.01)
+    return params
 
 
 def bench_width(width: int, rounds: int, warmup: int, compiled: bool) -> None:
-    params, grads = resnet18_tensors(width)
+    params = resnet18_params(width)
     hyper = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
     optimizers = {
-        "SGD foreach": torch.optim.SGD(fresh_copy(params, grads), foreach=True, **hyper),
-        "LARS foreach": LARS(fresh_copy(params, grads), foreach=True, **hyper),
-        "LARS single": LARS(fresh_copy(params, grads), foreach=False, **hyper),
+        "SGD foreach": torch.optim.SGD(params, foreach=True, **hyper),
+        "LARS foreach": LARS(params, foreach=True, **hyper),
+        "LARS single": LARS(params, foreach=False, **hyper),
     }
     compile_s = None
     if compiled:
-        opt = LARS(fresh_copy(params, grads), foreach=True, **hyper)
+        opt = LARS(params, foreach=True, **hyper)
         opt.compile()
         t0 = time.perf_counter()
         opt.step()  # compiles
@@ -114,8 +112,8 @@ def main() -> None:
     print(f"memory-write probe before: {probes[0]:.3f} ms (add_ on 2.8 MB; quiet machine ~0.1 ms)")
     for width in args.widths:
         bench_width(width, args.rounds, args.warmup, args.compiled)
-    probes.append(write_probe_ms())
-    print(f"\nmemory-write probe after: {probes[1]:.3f} ms")
+        probes.append(write_probe_ms())
+        print(f"memory-write probe after width {width}: {probes[-1]:.3f} ms")
     if max(probes) > SLOW_PROBE_MS:
         print(f"WARNING: the machine was slowed (probe above {SLOW_PROBE_MS} ms): "
               "these timings are not valid, run again")

@@ -1,7 +1,6 @@
-"""Tests for lars.py (CPU only, small tensors)."""
+"""Tests for lars.py (CPU, small tensors; one CUDA test skips cleanly without a GPU)."""
 
 import copy
-import math
 import os
 import sys
 
@@ -73,10 +72,12 @@ def reference_step(ws, gs, bufs, lr, cfg):
         gn = torch.linalg.norm(g).item()
         dn = torch.linalg.norm(d).item()
         if cfg["lars_adapt"]:
-            if cfg["norm_mode"] == "paper":
-                lam = eta * wn / (gn + wd * wn + eps) if wn > 0 and gn > 0 else 1.0
+            un = gn if cfg["norm_mode"] == "paper" else dn
+            denominator = gn + wd * wn + eps if cfg["norm_mode"] == "paper" else dn + eps
+            if cfg["zero_norm_trust"] == "one" and not (wn > 0 and un > 0):
+                lam = 1.0
             else:
-                lam = eta * wn / (dn + eps) if wn > 0 and dn > 0 else 1.0
+                lam = eta * wn / denominator
             if cfg["trust_clip"]:
                 lam = min(lam, lr) / lr  # effective rate min(lambda, lr)
         else:
@@ -91,7 +92,7 @@ def reference_step(ws, gs, bufs, lr, cfg):
 
 
 BASE = dict(momentum=0.9, weight_decay=5e-3, eta=0.02, eps=0.0, nesterov=False, momentum_style="paper",
-            norm_mode="paper", trust_clip=False, maximize=False, lars_adapt=True)
+            norm_mode="paper", trust_clip=False, maximize=False, lars_adapt=True, zero_norm_trust="one")
 VARIANTS = {
     "paper": {},
     "sgd": {"momentum_style": "sgd"},
@@ -106,6 +107,11 @@ VARIANTS = {
     "wd0": {"weight_decay": 0.0},
     "maximize": {"maximize": True},
     "momentum0": {"momentum": 0.0},
+    "momentum0_sgd_maximize": {"momentum": 0.0, "momentum_style": "sgd", "maximize": True},
+    "formula": {"zero_norm_trust": "formula"},
+    "formula_update_trust_clip_sgd": {"zero_norm_trust": "formula", "norm_mode": "update", "trust_clip": True,
+                                      "momentum_style": "sgd"},
+    "formula_nesterov_eps": {"zero_norm_trust": "formula", "nesterov": True, "eps": 1e-3},
 }
 SHAPES = [(4, 3, 3, 3), (4,), (6, 4), (6,), (5,)]
 LRS = [0.5, 0.1, 2.0, 0.05, 1.0]  # changes every step; some below and above lambda
@@ -198,9 +204,9 @@ def test_gradient_scale_invariance_without_weight_decay(foreach, style):
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-14), (torch.float32, 1e-6), (torch.bfloat16, 2e-2),
-                                       (torch.float16, 2e-3)])
-def test_foreach_equals_single_tensor(variant, dtype, tol):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_foreach_equals_single_tensor(variant, dtype):
+    """Same bits from both paths, in every variant and dtype."""
     cfg = {**BASE, **VARIANTS[variant]}
     ps0, grads = _make(SHAPES, dtype=dtype, zero_idx=(3,))
     grads_before = [[g.clone() for g in gs] for gs in grads]
@@ -229,16 +235,16 @@ def test_foreach_equals_single_tensor(variant, dtype, tol):
         assert all(torch.equal(x, y) for x, y in zip(ba, bb))
 
 
-def test_foreach_none_follows_torch_default():
-    from torch.optim.optimizer import _default_to_fused_or_foreach
-    p = torch.zeros(2, requires_grad=True)
-    _, expected = _default_to_fused_or_foreach([p], differentiable=False, use_fused=False)
-    # foreach=None runs whichever path torch would pick; results equal both explicit paths here
+def test_foreach_none_picks_multi_tensor_on_cpu(monkeypatch):
+    import lars as lars_module
+    calls = []
+    real = lars_module._multi_tensor_lars
+    monkeypatch.setattr(lars_module, "_multi_tensor_lars", lambda *a, **k: (calls.append(1), real(*a, **k)))
     ps0, grads = _make(SHAPES)
     a, _ = _run_lars(ps0, grads, LRS, {**BASE}, None)
-    b, _ = _run_lars(ps0, grads, LRS, {**BASE}, expected)
+    assert len(calls) == len(LRS)  # the multi-tensor path ran at every step
+    b, _ = _run_lars(ps0, grads, LRS, {**BASE}, False)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert expected is False  # CPU tensors: torch picks the single-tensor path
 
 
 @pytest.mark.parametrize("foreach", [False, True])
@@ -268,6 +274,20 @@ def test_state_dict_round_trip(foreach):
             p.grad = g.clone()
         opt2.step()
     assert all(torch.equal(x, y.detach()) for x, y in zip(full, ps2))
+
+
+def test_state_dict_without_zero_norm_trust_loads():
+    # checkpoints written before the option existed lack the key
+    p = torch.ones(2, requires_grad=True)
+    opt = LARS([p], lr=0.1)
+    sd = opt.state_dict()
+    for group in sd["param_groups"]:
+        del group["zero_norm_trust"]
+    opt2 = LARS([p], lr=0.1)
+    opt2.load_state_dict(sd)
+    assert opt2.param_groups[0]["zero_norm_trust"] == "one"
+    p.grad = torch.ones(2)
+    opt2.step()
 
 
 def test_lr_scheduler_drives_lr():
@@ -420,32 +440,212 @@ def test_invalid_group_overrides(override, name):
         opt.add_param_group({"params": [q], **override})
 
 
-def test_torch_compile_of_step():
-    try:
-        import torch._dynamo  # noqa: F401
-        torch._dynamo.reset()
-    except Exception as e:  # pragma: no cover - depends on the platform
-        pytest.skip(f"torch.compile unavailable here: {e!r}")
+# --------------------------------------------------------------------------- #
+# zero_norm_trust
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("foreach", [False, True])
+def test_zero_initialised_bias_never_moves_with_formula(foreach):
+    results = {}
+    for mode in ("one", "formula"):
+        torch.manual_seed(0)  # same initialisation in both modes
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        nn.init.zeros_(model[2].bias)
+        opt = LARS(model.parameters(), lr=1.0, eta=0.1, foreach=foreach, zero_norm_trust=mode)
+        x = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
+        for _ in range(4):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            assert model[2].bias.grad.abs().max() > 0
+            opt.step()
+        results[mode] = model[2].bias.detach().clone()
+    assert torch.equal(results["formula"], torch.zeros(2))  # lambda = 0 * eta / ||g|| = 0 at every step
+    assert results["one"].abs().min() > 0                   # lambda = 1 for ||w|| == 0
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("style", ["paper", "sgd"])
+def test_formula_zero_weight_and_grad_gives_nan_without_raising(foreach, style):
+    w = torch.zeros(3, requires_grad=True)
+    other = torch.ones(3, requires_grad=True)
+    opt = LARS([w, other], lr=0.1, foreach=foreach, zero_norm_trust="formula", momentum_style=style)
+    w.grad, other.grad = torch.zeros(3), torch.full((3,), 0.5)
+    opt.step()  # no exception: 0 / 0 is NaN, as in the original formula
+    assert torch.isnan(w).all() and torch.isnan(opt.state[w]["momentum_buffer"]).all()
+    assert torch.isfinite(other).all()  # other tensors unaffected
+    with_one = torch.zeros(3, requires_grad=True)
+    with_one.grad = torch.zeros(3)
+    LARS([with_one], lr=0.1, foreach=foreach).step()
+    assert torch.equal(with_one.detach(), torch.zeros(3))
+
+
+# --------------------------------------------------------------------------- #
+# Half precision: the update is computed in float32
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("style", ["paper", "sgd"])
+@pytest.mark.parametrize("grad_value", [1e2, 1e3, 1e4, 3e4])
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 4e-2)])
+def test_half_precision_update_matches_float64(dtype, tol, grad_value, style, foreach):
+    # small weights, large gradients: lr * lambda ~ 1e-7 .. 3e-10, below float16's range
+    # (a float16 scale of the update would be 0 or far off); lr = 100 makes the update
+    # ~10% of w, so the rounding of w itself stays below the tolerance
+    w0 = (torch.tensor([1.0, -2.0, 3.0, -4.0]) * 1e-2).to(dtype)
+    g = (torch.tensor([1.0, 1.0, -1.0, 1.0]) * grad_value).to(dtype)
+    runs = {}
+    for dt in (dtype, torch.float64):
+        w = w0.to(dt).clone().requires_grad_()
+        opt = LARS([w], lr=100.0, foreach=foreach, momentum_style=style)
+        for _ in range(2):
+            w.grad = g.to(dt)
+            opt.step()
+        runs[dt] = (w.detach().double() - w0.double(), opt.state[w]["momentum_buffer"].double())
+    (upd, buf), (upd_ref, buf_ref) = runs[dtype], runs[torch.float64]
+    assert upd_ref.abs().min() > 1e-4
+    assert ((upd - upd_ref).abs() / upd_ref.abs()).max() <= tol
+    assert ((buf - buf_ref).abs() / buf_ref.abs()).max() <= tol
+
+
+# --------------------------------------------------------------------------- #
+# Complex parameters: pairs of reals, norms of the complex values
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("variant", ["paper", "sgd", "nesterov_sgd", "norm_update_maximize", "momentum0"])
+def test_complex_params_equal_their_real_view(variant, foreach):
+    cfg = {**BASE, **VARIANTS[variant]}
+    hp = {k: v for k, v in cfg.items() if k != "lars_adapt"}
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (5,)]
+    zs = [torch.randn(s, dtype=torch.complex128, generator=gen) for s in shapes]
+    gs = [[torch.randn(s, dtype=torch.complex128, generator=gen) for s in shapes] for _ in LRS]
+    cplx = [z.clone().requires_grad_() for z in zs]
+    real = [torch.view_as_real(z).clone().requires_grad_() for z in zs]
+    opt_c = LARS(cplx, lr=LRS[0], foreach=foreach, **hp)
+    opt_r = LARS(real, lr=LRS[0], foreach=foreach, **hp)
+    for lr, grads in zip(LRS, gs):
+        for opt, ps, conv in ((opt_c, cplx, lambda t: t), (opt_r, real, torch.view_as_real)):
+            opt.param_groups[0]["lr"] = lr
+            for p, g in zip(ps, grads):
+                p.grad = conv(g).clone()
+            opt.step()
+    for c, r in zip(cplx, real):
+        assert torch.equal(torch.view_as_real(c.detach()), r.detach())
+    assert torch.linalg.vector_norm(cplx[0]) != torch.linalg.vector_norm(zs[0])  # it moved
+
+
+# --------------------------------------------------------------------------- #
+# Safety: groups validated before they are added, tensor lr refused at step()
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("override,name", [
+    ({"momentum": 1.0}, "momentum"),
+    ({"nesterov": True, "momentum": 0.0}, "nesterov"),
+    ({"momentum_style": "timm"}, "momentum_style"),
+    ({"zero_norm_trust": "zero"}, "zero_norm_trust"),
+])
+def test_rejected_group_leaves_param_groups_unchanged(override, name):
+    p, q = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
+    opt = LARS([p], lr=0.1)
+    with pytest.raises(ValueError, match=rf"\b{name}\b.*param group 1"):
+        opt.add_param_group({"params": [q], **override})
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["params"] == [p]
+    p.grad, q.grad = torch.full((2,), 0.5), torch.full((2,), 0.5)
+    opt.step()  # the old groups still work
+    assert not torch.equal(p.detach(), torch.ones(2)) and torch.equal(q.detach(), torch.ones(2))
+    opt.add_param_group({"params": [q]})  # and q can still be added properly
+    assert len(opt.param_groups) == 2
+
+
+def test_tensor_lr_refused_at_construction_and_at_step():
+    p = torch.ones(2, requires_grad=True)
+    with pytest.raises(ValueError) as at_init:
+        LARS([p], lr=torch.tensor(0.1))
+    opt = LARS([p], lr=0.1)
+    opt.param_groups[0]["lr"] = torch.tensor(0.1)
+    p.grad = torch.ones(2)
+    with pytest.raises(ValueError) as at_step:
+        opt.step()
+    assert str(at_init.value) == "Invalid lr: tensor(0.1000) (expected a Python float >= 0)"
+    assert str(at_step.value) == "Invalid lr in param group 0: tensor(0.1000) (expected a Python float >= 0)"
+    assert torch.equal(p.detach(), torch.ones(2))
+
+
+def test_changed_params_and_grads_between_steps_use_a_fresh_layout():
+    # the per-group device/dtype layout is cached; it must follow the tensors with a grad
+    ps0, grads = _make(SHAPES)
+    ref = [p.clone().requires_grad_() for p in ps0]
+    got = [p.clone().requires_grad_() for p in ps0]
+    opts = [LARS(ps, lr=0.1, foreach=fe, weight_decay=5e-3, eta=0.02) for ps, fe in ((ref, False), (got, True))]
+    for step, gs in enumerate(grads):
+        for ps in (ref, got):
+            for i, (p, g) in enumerate(zip(ps, gs)):
+                p.grad = None if (i + step) % 3 == 0 else g.clone()
+        for opt in opts:
+            opt.step()
+        if step == 2:  # a param added to the group's list in place
+            for ps, opt in zip((ref, got), opts):
+                extra = torch.ones(3, dtype=F64, requires_grad=True)
+                ps.append(extra)
+                opt.param_groups[0]["params"].append(extra)
+    assert all(torch.equal(a, b) for a, b in zip(ref, got))
+
+
+# --------------------------------------------------------------------------- #
+# CUDA: same bits from both paths (skipped without a GPU)
+# --------------------------------------------------------------------------- #
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("variant", ["paper", "sgd", "nesterov_paper", "norm_update_maximize", "trust_clip",
+                                     "no_adapt", "wd0", "momentum0", "formula"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_foreach_equals_single_tensor_on_cuda(variant, dtype):
+    cfg = {**BASE, **VARIANTS[variant]}
+    hp = {k: v for k, v in cfg.items() if k != "lars_adapt"}
+    ps0, grads = _make(SHAPES, dtype=dtype, zero_idx=(3,))
+    outs = []
+    for foreach in (True, False):
+        ps = [p.cuda().requires_grad_() for p in ps0]
+        opt = LARS([{"params": ps, "lars_adapt": cfg["lars_adapt"]}], lr=LRS[0], foreach=foreach, **hp)
+        for lr, gs in zip(LRS, grads):
+            opt.param_groups[0]["lr"] = lr
+            for p, g in zip(ps, gs):
+                p.grad = g.cuda()
+            opt.step()
+        outs.append([p.detach().cpu() for p in ps] + [opt.state[p].get("momentum_buffer", torch.zeros(())).cpu()
+                                                      for p in ps])
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+# --------------------------------------------------------------------------- #
+# Compiled step: LARS.compile()
+# --------------------------------------------------------------------------- #
+@pytest.mark.slow
+def test_compiled_step_equals_eager_without_recompiles():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     twin = copy.deepcopy(model)
-    opt = LARS(model.parameters(), lr=0.1, foreach=True)
-    twin_opt = LARS(twin.parameters(), lr=0.1, foreach=True)
-
-    # aot_eager: full Dynamo capture + AOTAutograd functionalisation without a C
-    # compiler, so the test stays fast; fullgraph=True fails on any graph break,
-    # e.g. a host synchronisation such as .item() or a branch on a tensor value.
-    @torch.compile(backend="aot_eager", fullgraph=True)
-    def compiled_step():
-        opt.step()
-
+    opt = LARS(lars_param_groups(model, weight_decay=5e-4), lr=0.5, eta=0.02)
+    opt.compile()
+    twin_opt = LARS(lars_param_groups(twin, weight_decay=5e-4), lr=0.5, eta=0.02)
     x = torch.randn(16, 4)
     w0 = model[0].weight.detach().clone()
-    for _ in range(3):
-        for mdl, step in ((model, compiled_step), (twin, twin_opt.step)):
+    for step, lr in enumerate([0.5, 0.3, 0.2, 0.1, 0.05]):  # lr changes every step, as under a scheduler
+        for mdl, o in ((model, opt), (twin, twin_opt)):
+            for group in o.param_groups:
+                group["lr"] = lr
             mdl.zero_grad()
             mdl(x).pow(2).sum().backward()
-            step()
+            if o is opt and step > 0:
+                with torch._dynamo.config.patch(error_on_recompile=True):
+                    o.step()
+            else:
+                o.step()
+        if step == 0:
+            graphs_after_first_step = counters["stats"]["unique_graphs"]
+    assert graphs_after_first_step == 2  # one graph per param group, compiled at the first step
+    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
     for a, b in zip(model.parameters(), twin.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    assert (model[0].weight - w0).abs().max() > 1e-4  # the compiled step did update
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert (model[0].weight - w0).abs().max() > 1e-3  # the compiled step did update
