@@ -460,35 +460,25 @@ def _norms(tensors: List[Tensor]) -> List[Tensor]:
     return list(torch._foreach_norm(tensors, 2))
 
 
-def _host_scalars(device: torch.device) -> bool:
-    """Whether per-tensor factors go to the kernels as Python floats (else as 0-d tensors).
-
-    On accelerators a ``_foreach_*`` op only takes its fused, one-launch route
-    when the paired tensors have equal shapes, so a list of 0-d factor tensors
-    would cost one launch per tensor; a list of Python floats keeps one launch
-    per op, for one device-to-host copy of the stacked factors per step.  On
-    the CPU every foreach op loops over the tensors anyway, and 0-d tensors are
-    cheaper than floats, which each become a new tensor per call.  A compiled
-    graph fuses the 0-d tensors itself and must not copy to the host.
-    """
-    return device.type != "cpu" and not torch.compiler.is_compiling()
-
-
 def _plan(*, momentum: float, weight_decay: float, momentum_style: str, norm_mode: str,
-          maximize: bool, host_scalars: bool) -> Tuple[float, str, bool, bool]:
+          maximize: bool) -> Tuple[float, str, bool, bool]:
     """Static (Python-level) decisions shared by both paths.
 
     The step direction is ``d = sign * g + weight_decay * w``.  It is either
     applied as two terms, ``s * sign * g + s * weight_decay * w``, with no
-    temporary (CPU), or materialised once as ``d' = g + sign * weight_decay * w``
+    temporary, or materialised once as ``d' = g + sign * weight_decay * w``
     and applied as ``s * sign * d'`` (``d = sign * d'``, and ``||d|| = ||d'||``):
-    needed for ``norm_mode="update"``, and on accelerators, where a per-tensor
-    factor can only scale a whole tensor (there is no per-tensor ``alpha``).
+    needed for ``norm_mode="update"``, whose trust ratio takes ``||d||``.
+
+    The per-tensor factors stay 0-d tensors on the device on every device: turning
+    them into Python floats would copy them to the host, a sync every step. On
+    CUDA a ``_foreach_*`` op with a list of 0-d factors takes torch's per-tensor
+    route (one launch per tensor); ``LARS.compile()`` fuses them instead.
     Returns (sign, momentum style, materialise d', separate decay term).
     """
     sign = -1.0 if maximize else 1.0
     style = momentum_style if momentum != 0 else "paper"  # momentum 0: w -= lr * lambda * d
-    materialize_direction = weight_decay != 0 and (norm_mode == "update" or host_scalars)
+    materialize_direction = weight_decay != 0 and norm_mode == "update"
     separate_decay_term = weight_decay != 0 and not materialize_direction
     return sign, style, materialize_direction, separate_decay_term
 
@@ -521,10 +511,9 @@ def _single_tensor_lars(
         if upcast:
             w, g = w.float(), g.float()
             buf = buf.float() if buf is not None else None
-        host_scalars = _host_scalars(w.device)
         sign, style, materialize_direction, separate_decay_term = _plan(
             momentum=momentum, weight_decay=weight_decay, momentum_style=momentum_style,
-            norm_mode=norm_mode, maximize=maximize, host_scalars=host_scalars)
+            norm_mode=norm_mode, maximize=maximize)
         lr_value = lr.to(device=w.device, dtype=w.dtype) if isinstance(lr, Tensor) else lr
         direction = torch.add(g, w, alpha=sign * weight_decay) if materialize_direction else g
 
@@ -547,14 +536,14 @@ def _single_tensor_lars(
 
         if momentum != 0 and not nesterov:
             buf.mul_(momentum)
-            _add_scaled_one_(buf, direction, direction_scale, host_scalars, materialize_direction)
+            _add_scaled_one_(buf, direction, direction_scale)
             if separate_decay_term:
-                _add_scaled_one_(buf, w, decay_scale, host_scalars)
+                _add_scaled_one_(buf, w, decay_scale)
             step = buf
         else:
             step = direction.mul_(direction_scale) if materialize_direction else direction * direction_scale
             if separate_decay_term:
-                _add_scaled_one_(step, w, decay_scale, host_scalars)
+                _add_scaled_one_(step, w, decay_scale)
             if momentum != 0:
                 buf.mul_(momentum)
                 buf.add_(step)
@@ -563,7 +552,7 @@ def _single_tensor_lars(
         if style == "paper":
             w.sub_(step)
         else:
-            _add_scaled_one_(w, step, -lr_value, host_scalars)
+            _add_scaled_one_(w, step, -lr_value)
 
         if upcast:
             param.copy_(w)
@@ -571,30 +560,20 @@ def _single_tensor_lars(
                 buf_stored.copy_(buf)
 
 
-def _add_scaled_one_(target: Tensor, tensor: Tensor, factor: Union[float, Tensor], host_scalars: bool,
-                     tensor_is_scratch: bool = False) -> None:
-    """target += factor * tensor, by the operations ``_add_scaled_`` runs for the same device."""
+def _add_scaled_one_(target: Tensor, tensor: Tensor, factor: Union[float, Tensor]) -> None:
+    """target += factor * tensor, by the operations ``_add_scaled_`` runs."""
     if not isinstance(factor, Tensor):
         target.add_(tensor, alpha=factor)
-    elif host_scalars:
-        target.add_(tensor.mul_(factor) if tensor_is_scratch else tensor * factor)
     else:
         target.addcmul_(tensor, factor)
 
 
-def _add_scaled_(targets: List[Tensor], tensors: List[Tensor], factor: Scale,
-                 tensors_are_scratch: bool = False) -> None:
-    """targets += factor * tensors, without a temporary where the op allows it."""
+def _add_scaled_(targets: List[Tensor], tensors: List[Tensor], factor: Scale) -> None:
+    """targets += factor * tensors, without a temporary."""
     if not isinstance(factor, (list, tuple)):
         torch._foreach_add_(targets, tensors, alpha=factor)
-    elif isinstance(factor[0], Tensor):
+    else:
         torch._foreach_addcmul_(targets, tensors, factor)
-    else:  # Python floats (accelerators): scale, then add; both ops fused
-        if tensors_are_scratch:
-            torch._foreach_mul_(tensors, factor)
-        else:
-            tensors = torch._foreach_mul(tensors, factor)
-        torch._foreach_add_(targets, tensors)
 
 
 def _multi_tensor_lars(
@@ -624,10 +603,9 @@ def _multi_tensor_lars(
     if upcast:
         params, grads, momentum_buffer_list = (_to_float32(ts) for ts in (params, grads, momentum_buffer_list))
     device, compute_dtype = params[0].device, params[0].dtype
-    host_scalars = _host_scalars(device)
     sign, style, materialize_direction, separate_decay_term = _plan(
         momentum=momentum, weight_decay=weight_decay, momentum_style=momentum_style,
-        norm_mode=norm_mode, maximize=maximize, host_scalars=host_scalars)
+        norm_mode=norm_mode, maximize=maximize)
     lr_value = lr.to(device=device, dtype=compute_dtype) if isinstance(lr, Tensor) else lr
     count = len(params)
     if materialize_direction:
@@ -635,8 +613,8 @@ def _multi_tensor_lars(
     else:
         directions = grads
 
-    def per_tensor(factors: Tensor) -> Union[List[Tensor], List[float]]:
-        return factors.tolist() if host_scalars else list(factors.unbind(0))
+    def per_tensor(factors: Tensor) -> List[Tensor]:
+        return list(factors.unbind(0))
 
     if lars_adapt:
         norms = torch.stack(_norms([*params, *directions]))
@@ -657,7 +635,7 @@ def _multi_tensor_lars(
 
     if momentum != 0 and not nesterov:
         _scale_(momentum_buffer_list, momentum)
-        _add_scaled_(momentum_buffer_list, directions, direction_scale, materialize_direction)
+        _add_scaled_(momentum_buffer_list, directions, direction_scale)
         if separate_decay_term:
             _add_scaled_(momentum_buffer_list, params, decay_scale)
         steps = momentum_buffer_list
