@@ -61,7 +61,6 @@ SECTIONS = [
     ("compiled", 200, "throughput, compiled"),
     ("projection", 20, "projection of the seed table"),
 ]
-HEADERS = {name: header for name, _, header in SECTIONS}
 # kineto's chatter on stderr around every profile (and, without a GPU, its failed device query)
 NOISE = ("SyncActivityProfilerHandler", "gpuGetDeviceCount failed")
 
@@ -74,7 +73,7 @@ def sizes(dry):
                     compile_warmup=1, compiled=("fp32_8", "bf16cl_32"))
     return dict(width=64, small=(64, 64), big=(16384, 512), images=16384, warmup=20, steps=100, big_warmup=1,
                 big_steps=3, sync_batch=256, sync_steps=20, opt_reps=30, conc_batch=256, conc_images=25600,
-                conc_epochs=3, conc_trials=3, acc_train=30000, acc_test=10000, acc_batch=512, acc_budget_s=190,
+                conc_epochs=3, conc_trials=3, acc_train=30000, acc_test=10000, acc_batch=512, acc_budget_s=170,
                 backend="inductor", compile_warmup=3, compiled=None)
 
 
@@ -195,12 +194,6 @@ def _steady_rate(rows):
     return statistics.median(r["images_per_s"] for r in later)
 
 
-def _run(command, timeout, **kwargs):
-    """Run a command, echo its output's last lines; returns the CompletedProcess (or raises on timeout)."""
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
-    return done
-
-
 # ---------------------------------------------------------------- sections
 
 def section_env(s, work, dry):
@@ -212,7 +205,8 @@ def section_env(s, work, dry):
         return
     smi = shutil.which("nvidia-smi")
     if smi:
-        done = _run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"], 20)
+        done = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20)
         print(done.stdout.strip() or done.stderr.strip())
     print(f"device: {torch.cuda.get_device_name()}, capability {torch.cuda.get_device_capability()}")
 
@@ -461,9 +455,11 @@ def section_compiled(s, work, dry, budget_s=None):
     procs = {}
     for key in keys:
         log = open(os.path.join(work, f"compile_{key}.log"), "w")
+        threads = str(max(1, (os.cpu_count() or 1) // len(keys)))  # inductor's compile workers, shared fairly
         procs[key] = subprocess.Popen([sys.executable, __file__, "--compile-worker", key, "--work", work]
                                       + (["--dry-run"] if dry else []), cwd=ROOT, stdout=log,
-                                      stderr=subprocess.STDOUT)
+                                      stderr=subprocess.STDOUT,
+                                      env={**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": threads})
     deadline = time.time() + (budget_s or 200) - 30
 
     def flag(key, name):
@@ -614,6 +610,12 @@ def drive(dry, deadline_s, only):
             failures.append(name)
             state = f"TIMED OUT after {took:.0f} s" if proc.returncode == -9 else f"FAILED (exit {proc.returncode})"
             print(f"-- {name}: {state}", flush=True)
+    if os.environ.get("OUT"):  # the measured numbers and the accuracy run's rows, beside the report
+        keep = os.path.join(os.environ["OUT"], "gpu_check_files")
+        os.makedirs(keep, exist_ok=True)
+        for path in glob.glob(os.path.join(work, "*.json")) + glob.glob(os.path.join(work, "compile_*.log")) + \
+                glob.glob(os.path.join(work, "logs", "accuracy", "trials", "*.json")):
+            shutil.copy(path, keep)
     print(f"\n== summary: {len(failures)} section(s) failed or timed out" + (f": {', '.join(failures)}" if failures
                                                                               else "") +
           f"; {time.time() - started:.0f} s in all", flush=True)

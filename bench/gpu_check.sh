@@ -9,7 +9,8 @@
 #   3. the device tool call:
 #          run(command="bash bench/gpu_check.sh", carry=[".gpu_data"], timeout_s=600)
 #
-# The report goes to $OUT/gpu_check.txt when OUT is set (the device tool brings it back) and to stdout.
+# The report goes to $OUT/gpu_check.txt when OUT is set (the device tool brings it back) and to stdout; the
+# measured numbers (JSON), compile logs and the accuracy run's result rows to $OUT/gpu_check_files/.
 # bench/gpu_check.py runs each section in its own subprocess with its own timeout inside a 530 s deadline,
 # printing as it goes: env, CUDA-marked tests, eager throughput (ResNet18 width 64: batch 64, and 16384 as
 # 32 x 512; fp32 and bf16 + channels_last), host syncs per step, LARS vs SGD step time and kernels per step,

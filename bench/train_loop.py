@@ -9,7 +9,8 @@ only: no evaluation, no checkpoint) in the epochs after the first: the median an
 over all rounds are reported (the best is the least disturbed by other load on a shared machine).
   (a) new vs old: this checkout's train.py (trainer.run_trial: host sync every --log_interval steps) against
       train.py at git revision 07e9aa6 (before the restructure: a host sync and a track row every step),
-      extracted with `git archive` into a temporary folder; runs alternate old/new for --rounds rounds.
+      extracted with `git archive` into a temporary folder; --rounds rounds of one run each, in
+      alternating order (old first, then new first, ...).
       Ratio new/old: target >= 1.0 within noise. Skipped (and said so) without the revision. On the CPU a host
       sync costs nothing (the CPU computes synchronously): the new loop saves only the per-step row writes
       there; what it saves on a GPU, bench/gpu_check.py measures (host syncs per step).
@@ -115,15 +116,14 @@ def main():
             print(f"(a) skipped: revision {OLD_REVISION} is not available here ({why})", flush=True)
         new_rows = []
         for r in range(cfg.rounds):
-            if old_dir is not None:
-                # old train.py: --amp none and no --channels_last are its defaults, as the new one's on the CPU
-                rows = run_train_py(old_dir, flags, os.path.join(tmp, "logs"), f"old_{r}")
-                rates["old"] += steady_values(rows, "images_per_s")
-                print(f"  round {r + 1}: old {steady(rows, 'images_per_s'):8.1f} images/s", flush=True)
-            rows = run_train_py(ROOT, flags, os.path.join(tmp, "logs"), f"new_{r}")
-            new_rows.append(rows)
-            rates["new"] += steady_values(rows, "images_per_s")
-            print(f"  round {r + 1}: new {steady(rows, 'images_per_s'):8.1f} images/s", flush=True)
+            # old train.py: --amp none and no --channels_last are its defaults, as the new one's on the CPU
+            sides = [("old", old_dir), ("new", ROOT)] if old_dir is not None else [("new", ROOT)]
+            for side, code_dir in sides[::-1] if r % 2 else sides:  # who goes first alternates
+                rows = run_train_py(code_dir, flags, os.path.join(tmp, "logs"), f"{side}_{r}")
+                rates[side] += steady_values(rows, "images_per_s")
+                if side == "new":
+                    new_rows.append(rows)
+                print(f"  round {r + 1}: {side} {steady(rows, 'images_per_s'):8.1f} images/s", flush=True)
         compiled_rows = None
         if cfg.compiled:
             # a fresh inductor cache: the compile time of a first run, not of a cache hit

@@ -29,3 +29,5 @@ def test_dry_run_runs_every_section(tmp_path):
                  "SGD(foreach)", "LARS.compile()", "test top-1", "2 at once / one", "on paper:"):
         assert line in report, line
     assert "Traceback" not in report and "ERROR" not in report
+    kept = out / "gpu_check_files"
+    assert (kept / "throughput.json").exists() and list(kept.glob("*_result.json"))
