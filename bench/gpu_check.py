@@ -16,6 +16,8 @@ Sections, in order (each prints as it goes; a section that fails or times out is
   accuracy     ResNet18 on real CIFAR-10 (a 30k-image class-balanced subset of the JPEG copy, carried in
                .gpu_data/), the tuned LARS recipe at batch 512, as many epochs as the time budget allows
   concurrent   1 trial vs 3 at once (train.py --config --trials_per_gpu 3) at batch 256: total images/s
+  checkpoint   bench/checkpoint_cost.py: one checkpoint write (ResNet18 width 64 + LARS, from the GPU) against
+               the batch-16384 bf16 epoch time measured above
   compiled     the throughput variants under torch.compile (model + LARS.compile()); the four compile in
                parallel processes, then are timed one at a time
   projection   wall time of the seed table (5 batch sizes x 200 epochs) from the measured rates, and on paper
@@ -58,6 +60,7 @@ SECTIONS = [
     ("optimizer", 90, "optimizer step"),
     ("accuracy", 260, "accuracy on real CIFAR-10"),
     ("concurrent", 100, "concurrent trials"),
+    ("checkpoint", 40, "checkpoint write cost"),
     ("compiled", 200, "throughput, compiled"),
     ("projection", 20, "projection of the seed table"),
 ]
@@ -447,6 +450,18 @@ def section_concurrent(s, work, dry):
     _save(work, "concurrent", totals)
 
 
+def section_checkpoint(s, work, dry):
+    """bench/checkpoint_cost.py on this machine's disk, against the batch-16384 epoch measured above."""
+    rate = _load(work, "throughput").get(f"bf16cl_{s['big'][0]}")
+    epoch_s = TRAIN_IMAGES / rate if rate and not dry else 3.0
+    command = [sys.executable, "bench/checkpoint_cost.py", "--width", str(s["width"]), "--writes", "3",
+               "--epoch_seconds", f"{epoch_s:.2f}", "--dir", work] + ([] if dry else ["--cuda"])
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=35)
+    print((done.stdout + done.stderr).strip())
+    if done.returncode != 0:
+        raise RuntimeError(f"checkpoint_cost.py exit status {done.returncode}")
+
+
 def section_compiled(s, work, dry, budget_s=None):
     """The variants compile in parallel processes (CPU-bound), then each is timed alone on the GPU."""
     keys = s["compiled"] or [v[0] for v in variants(s)]
@@ -560,7 +575,8 @@ def section_projection(s, work, dry):
 
 FUNCTIONS = {"env": section_env, "tests": section_tests, "throughput": section_throughput,
              "syncs": section_syncs, "optimizer": section_optimizer, "accuracy": section_accuracy,
-             "concurrent": section_concurrent, "compiled": section_compiled, "projection": section_projection}
+             "concurrent": section_concurrent, "checkpoint": section_checkpoint, "compiled": section_compiled,
+             "projection": section_projection}
 
 
 # ---------------------------------------------------------------- the driver

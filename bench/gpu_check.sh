@@ -14,9 +14,9 @@
 # bench/gpu_check.py runs each section in its own subprocess with its own timeout inside a 530 s deadline,
 # printing as it goes: env, CUDA-marked tests, eager throughput (ResNet18 width 64: batch 64, and 16384 as
 # 32 x 512; fp32 and bf16 + channels_last), host syncs per step, LARS vs SGD step time and kernels per step,
-# a real-data accuracy run (30k-image subset, tuned LARS recipe, bf16), 1 vs 3 concurrent trials, compiled
-# throughput, and a projection of the seed table's wall time. Training needs only torch, numpy, yaml and tqdm
-# (+ pytest, and Pillow for the JPEG rebuild): no extra wheels. Exit status 1 if any section failed.
+# a real-data accuracy run (30k-image subset, tuned LARS recipe, bf16), 1 vs 3 concurrent trials, the cost of
+# a checkpoint write, compiled throughput, and a projection of the seed table's wall time. Training needs only
+# torch, numpy, yaml and tqdm (+ pytest, and Pillow for the JPEG rebuild): no extra wheels. Exit status 1 if any section failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"

@@ -11,6 +11,7 @@ from conftest import ROOT
 SECTION_HEADERS = ["== environment [env]", "== CUDA-marked tests [tests]", "== throughput, eager [throughput]",
                    "== host syncs per step [syncs]", "== optimizer step [optimizer]",
                    "== accuracy on real CIFAR-10 [accuracy]", "== concurrent trials [concurrent]",
+                   "== checkpoint write cost [checkpoint]",
                    "== throughput, compiled [compiled]", "== projection of the seed table [projection]"]
 
 
@@ -26,7 +27,7 @@ def test_dry_run_runs_every_section(tmp_path):
         assert header in report, header
     assert "== summary: 0 section(s) failed" in report
     for line in ("4 skipped", "eager fp32, batch 8", "compiled bf16 + channels_last, batch 32 = 4 x 8",
-                 "SGD(foreach)", "LARS.compile()", "test top-1", "2 at once / one", "on paper:"):
+                 "SGD(foreach)", "LARS.compile()", "test top-1", "2 at once / one", "per write", "on paper:"):
         assert line in report, line
     assert "Traceback" not in report and "ERROR" not in report
     kept = out / "gpu_check_files"
