@@ -216,7 +216,7 @@ def section_env(s, work, dry):
 
 def section_tests(s, work, dry):
     command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py", "-p", "no:cacheprovider"]
-    print("$ " + " ".join(command[1:]))
+    print("$ python " + " ".join(command[1:]))
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=140)
     print("\n".join((done.stdout + done.stderr).strip().splitlines()[-15:]))
     if done.returncode not in (0, 5):  # 5: nothing collected/selected
@@ -562,9 +562,9 @@ def section_projection(s, work, dry):
         print(f"  {title}: {sum(seconds.values()) / 3600:6.2f} h in turn ("
               + ", ".join(f"{b}: {sec / 3600:.2f} h" for b, sec in seconds.items()) + ")")
     if concurrent.get("one"):
-        print(f"  trials at batch {s['conc_batch']} run {concurrent['several'] / concurrent['one']:.2f}x faster in "
-              f"total {concurrent['trials']} at a time (--trials_per_gpu {concurrent['trials']}): the small-batch "
-              f"trials' share of the time shrinks by about that factor")
+        print(f"  {concurrent['trials']} trials at once at batch {s['conc_batch']} (--trials_per_gpu "
+              f"{concurrent['trials']}) give {concurrent['several'] / concurrent['one']:.2f}x the total images/s of "
+              f"one: the small-batch trials' share of the time divides by about that factor")
     flop = TABLE_EPOCHS * TRAIN_IMAGES * len(TABLE_BATCHES) * 3 * FORWARD_GFLOP * 1e9
     print(f"  on paper: {FORWARD_GFLOP} GFLOP/image forward x3 (forward + backward) x {TABLE_EPOCHS} x "
           f"{TRAIN_IMAGES} x {len(TABLE_BATCHES)} = {flop:.2e} FLOP: {flop / 100e12 / 60:.0f} min at 100 TFLOPS, "
@@ -589,6 +589,7 @@ def _stream(proc):
 
 
 def drive(dry, deadline_s, only):
+    temporary = not os.environ.get("GPU_CHECK_WORK")
     work = os.environ.get("GPU_CHECK_WORK") or os.path.join("/tmp", f"gpu_check_{os.getpid()}")
     os.makedirs(work, exist_ok=True)
     started = time.time()
@@ -635,6 +636,8 @@ def drive(dry, deadline_s, only):
     print(f"\n== summary: {len(failures)} section(s) failed or timed out" + (f": {', '.join(failures)}" if failures
                                                                               else "") +
           f"; {time.time() - started:.0f} s in all", flush=True)
+    if temporary:
+        shutil.rmtree(work, ignore_errors=True)
     return 1 if failures else 0
 
 
