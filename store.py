@@ -28,7 +28,6 @@ METADATA_FOLDER = "trials"
 PARAMS_SUFFIX = "param_map.json"
 RESULT_SUFFIX = "result.json"
 LOCK_NAME = ".writer.lock"
-CHECKPOINT_NAMES = ("last.pt", "best.pt")
 
 
 class StoreError(Exception):
@@ -214,9 +213,19 @@ class Trial:
         except OSError as e:
             raise _io_error(self._results_path, e) from None
 
-    def save_checkpoint(self, state, name="last.pt"):
+    def save_checkpoint(self, state, name="last.pt", same_as=None):
+        """Write `state` atomically as `name`; `same_as` names a checkpoint just written with this state, which
+        is hard-linked instead (a later write of it replaces its file, so the link keeps these bytes)."""
+        path = os.path.join(self.dir, name)
+        if same_as is not None:
+            try:
+                os.link(os.path.join(self.dir, same_as), path + ".tmp")
+                os.replace(path + ".tmp", path)
+                return
+            except OSError:  # no hard links here (or a full disk): write it out
+                _remove_quietly(path + ".tmp")
         import torch
-        write_atomically(os.path.join(self.dir, name), lambda f: torch.save(state, f))
+        write_atomically(path, lambda f: torch.save(state, f))
 
     def close(self, finished):
         """Write the final parameter file (`finished` marks a run that completed all its epochs), unlock."""

@@ -376,13 +376,14 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
                       f"(top-5 {row['test_top5']:.2f}%)  {row['epoch_seconds']:.1f}s  "
                       f"{row['images_per_s']:.0f} img/s", flush=True)
                 done = epoch + 1
-                state = None
-                if done % runtime.checkpoint_every == 0 or done == last_epoch:
+                last_due = done % runtime.checkpoint_every == 0 or done == last_epoch
+                best_due = metrics["test_top1"] == best_top1
+                if last_due or best_due:
                     state = checkpoint_state(parts, recipe, done, global_step, best_top1, done == recipe.epochs)
+                if last_due:
                     trial.save_checkpoint(state, "last.pt")
-                if metrics["test_top1"] == best_top1:
-                    trial.save_checkpoint(state or checkpoint_state(parts, recipe, done, global_step, best_top1,
-                                                                    done == recipe.epochs), "best.pt")
+                if best_due:  # the same bytes as last.pt when both are due: a link, not a second write
+                    trial.save_checkpoint(state, "best.pt", same_as="last.pt" if last_due else None)
         finished = last_epoch == recipe.epochs
     except BaseException:
         if master:  # the error that stopped the run is the one to report, not a second one (a full disk)
