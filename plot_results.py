@@ -77,10 +77,20 @@ def read_experiment(path):
 
 def read_all(paths):
     """read_experiment over every folder; experiments named by their folder, or by their path where two
-    folders share a name (same name under two logroots)."""
-    trials = []
+    folders share a name (same name under two logroots). A running study may have an experiment whose trials
+    have not finished an epoch yet: it is left out with a note, unless no experiment has results."""
+    trials, waiting = [], []
     for path in paths:
-        trials.extend(read_experiment(path))
+        try:
+            trials.extend(read_experiment(path))
+        except ResultsError as e:
+            if "no results yet" not in str(e):
+                raise
+            waiting.append(e)
+    if not trials:
+        raise waiting[0]
+    for e in waiting:
+        print(f"plot_results.py: note: left out {e}", file=sys.stderr)
     if len({t["experiment"] for t in trials}) < len({os.path.normpath(p) for p in paths}):
         for t in trials:
             t["experiment"] = os.path.normpath(t["path"])

@@ -4,7 +4,7 @@
     python bench/cifar_jpeg.py build DST.zip DATAROOT      # -> DATAROOT/cifar-10-batches-py (data.load_cifar's)
 
 SRC.zip holds <top>/train/<class>/*.jpg and <top>/test/<class>/*.jpg (the layout of
-/work/shared/data/cifar10-jpeg.zip; its make_cifar10.py builds all 50,000 + 10,000 images). `subset` keeps
+../shared/data/cifar10-jpeg.zip; its make_cifar10.py builds all 50,000 + 10,000 images). `subset` keeps
 N/10 images of every class, picked with a fixed seed; `build` decodes them (needs Pillow) and writes five
 training batches and one test batch in the python-version pickle layout, rows shuffled with a fixed seed.
 JPEG is lossy: accuracy runs a point or two below the official files (see make_cifar10.py).
@@ -19,6 +19,20 @@ import zipfile
 import numpy as np
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_synthetic(dst, n_train, n_test, seed=0):
+    """Random 32x32 JPEGs in the layout of the team's zip (for a dry run on a machine without it)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    with zipfile.ZipFile(dst, "w") as zf:
+        for split, n in (("train", n_train), ("test", n_test)):
+            for i in range(n):
+                image = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+                encoded = io.BytesIO()
+                image.save(encoded, format="JPEG", quality=75)
+                zf.writestr(f"cifar_jpg/{split}/{CLASSES[i % len(CLASSES)]}/{i:05d}.jpg", encoded.getvalue())
 
 
 def _members(zf, split):

@@ -43,7 +43,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # conftest.write_tiny_cifar
 
-SHARED_ZIP = "/work/shared/data/cifar10-jpeg.zip"
+SHARED_ZIP = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg.zip")  # the team's ../shared
 CARRIED_ZIP = os.path.join(ROOT, ".gpu_data", "cifar10-subset.zip")
 TABLE_BATCHES = (64, 256, 1024, 4096, 16384)  # configs/seed_table.yaml
 TABLE_EPOCHS = 200
@@ -364,8 +364,10 @@ def _accuracy_data(s, work, dry):
     source = CARRIED_ZIP
     if dry:  # a tiny subset of whichever zip is here, through the same two steps
         source = next((p for p in (SHARED_ZIP, CARRIED_ZIP) if os.path.exists(p)), None)
-        if source is None:
-            return None, "no JPEG CIFAR zip here (neither " + SHARED_ZIP + " nor .gpu_data/)"
+        if source is None:  # a machine without the team's copy: random JPEGs in the same layout
+            source = os.path.join(work, "synthetic-jpeg.zip")
+            cifar_jpeg.write_synthetic(source, s["acc_train"], s["acc_test"])
+            print(f"no JPEG CIFAR-10 zip here ({SHARED_ZIP} or .gpu_data/): random images in its layout")
         tiny = os.path.join(work, "tiny-subset.zip")
         cifar_jpeg.subset(source, tiny, s["acc_train"], s["acc_test"])
         source = tiny

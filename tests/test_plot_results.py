@@ -328,7 +328,21 @@ def _damage(logroot, tmp_path, how):
         return logroot, f"{logroot}: no trials here"
 
 
-@pytest.mark.parametrize("how", ["corrupt", "no_recipe_keys", "no_epochs", "missing", "empty", "logroot"])
+def test_an_experiment_without_a_finished_epoch_is_left_out_with_a_note(logs, tmp_path, capsys):
+    """A study in progress: an experiment whose trials have not finished an epoch yet."""
+    logroot, _ = logs
+    folder, message = _damage(logroot, tmp_path, "no_epochs")
+    written = plot_results.main([os.path.join(logroot, "lars_tuned"), folder, "--out", str(tmp_path / "out")])
+    assert f"plot_results.py: note: left out {message}" in capsys.readouterr().err
+    assert "seed_table" not in (tmp_path / "out" / "results_table.md").read_text()
+    assert written
+    with pytest.raises(SystemExit) as exit_info:  # alone, it is an error
+        plot_results.main([folder, "--out", str(tmp_path / "out2")])
+    assert exit_info.value.code == 2 and f"plot_results.py: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.parametrize("how", ["corrupt", "no_recipe_keys", "missing", "empty", "logroot"])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(logs, tmp_path, capsys, how):
     logroot, _ = logs
     folder, message = _damage(logroot, tmp_path, how)
