@@ -120,14 +120,15 @@ class Runtime:
     cuda: bool = _opt(False, "train on the GPU (default: CPU)")
     resume: bool = _opt(False, "continue the experiment's newest unfinished trial")
     eval_batch_size: int = _opt(1024, "test images per forward", low=1)
-    stop_after_epoch: int = _opt(0, "stop cleanly after this many epochs, checkpoint written (then --resume)",
+    stop_after_epoch: int = _opt(0, "stop cleanly after epoch N of the trial, checkpoint written (then --resume)",
                                  low=0)
     log_interval: int = _opt(50, "log (and check) the training loss every N optimizer steps", low=1)
     checkpoint_every: int = _opt(1, "write last.pt every N epochs (the last epoch always)", low=1)
     compile: bool = _opt(False, "run the model and the optimizer step through torch.compile")
     ray: str = _opt("", "with --config: run the trials on this Ray cluster ('auto', an address, or 'local')")
     gpus_per_trial: float = _opt(1.0, "with --ray: GPUs reserved per trial", low=0, low_open=True)
-    trials_per_gpu: int = _opt(1, "with --config: run up to N trials at once (separate processes)", low=1)
+    trials_per_gpu: int = _opt(1, "with --config: run up to N trials at once on the device (separate processes)",
+                               low=1)
 
 
 RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(Recipe))
@@ -226,9 +227,7 @@ def parse_value(name, text):
     scalar, is_tuple, _ = field_kind(name)
     parts = [p for p in text.split(",") if p.strip()] if is_tuple else [text]
     try:
-        values = [scalar(p) if scalar is not float else float(p) for p in parts]
-        if scalar is int:
-            values = [int(p) for p in parts]
+        values = [scalar(p) for p in parts]
     except ValueError:
         raise _bad(name, text) from None
     return tuple(values) if is_tuple else values[0]
@@ -259,6 +258,12 @@ def check(recipe, runtime=None, world_size=1):
         raise UsageError("--ghost_batch_size: not with --last_batch keep (the short last step need not divide)")
     if r.batch_size % world_size:
         raise UsageError(f"--batch_size: {r.batch_size} does not split evenly over {world_size} ranks")
+    chunks, micro = micro_batches(r, world_size)
+    last_micro = r.batch_size // world_size - (chunks - 1) * micro
+    if r.ghost_batch_size and any(m > r.ghost_batch_size and m % r.ghost_batch_size for m in (micro, last_micro)):
+        raise UsageError(f"--ghost_batch_size: {r.ghost_batch_size} does not divide the micro-batches of {micro} "
+                         f"and {last_micro} samples (batch {r.batch_size} over {world_size} rank(s), at most "
+                         f"{r.max_samples_per_gpu} per forward)")
     if r.last_batch == "keep" and world_size > 1:
         raise UsageError("--last_batch: keep (the seed's short last step) runs on one rank only")
     if r.zero_init_residual and r.arch not in _residual_archs():
@@ -340,23 +345,23 @@ class Plan:
     bn_batch_size: int        # samples BatchNorm normalises together (ghost batch, else the micro-batch)
 
 
+def micro_batches(recipe, world_size=1):
+    """(micro-batches per step, samples in each) on one rank: per_sample cuts a step into equal micro-batches
+    of at most --max_samples_per_gpu; per_chunk asks torch.chunk for max(1, B // max_samples_per_gpu) chunks."""
+    per_rank = recipe.batch_size // world_size
+    if recipe.loss_weighting == "per_chunk":
+        chunks = max(1, recipe.batch_size // recipe.max_samples_per_gpu)
+    else:
+        chunks = -(-per_rank // recipe.max_samples_per_gpu)
+    return chunks, -(-per_rank // chunks)
+
+
 def plan(recipe, train_size, world_size=1):
     """The Plan, or a UsageError when the recipe does not fit this data or this many ranks."""
     r = recipe
     if r.batch_size > train_size:
         raise UsageError(f"--batch_size: {r.batch_size} is more than the {train_size} training images")
-    per_rank = r.batch_size // world_size
-    if r.loss_weighting == "per_chunk":
-        chunks = max(1, r.batch_size // r.max_samples_per_gpu)
-        micro = -(-per_rank // chunks)
-    else:
-        chunks = -(-per_rank // r.max_samples_per_gpu)
-        micro = -(-per_rank // chunks)  # equal micro-batches, none above the limit
-    last_micro = per_rank - (chunks - 1) * micro
-    if r.ghost_batch_size and any(m > r.ghost_batch_size and m % r.ghost_batch_size for m in (micro, last_micro)):
-        raise UsageError(f"--ghost_batch_size: {r.ghost_batch_size} does not divide the micro-batches of "
-                         f"{micro} and {last_micro} samples (batch {r.batch_size} over {world_size} rank(s), at most "
-                         f"{r.max_samples_per_gpu} per forward)")
+    chunks, micro = micro_batches(r, world_size)
     if r.last_batch == "keep":
         steps_per_epoch = -(-train_size // r.batch_size)
     else:
@@ -391,13 +396,14 @@ def _flag_help(name):
 
 
 def make_parser(description="", *, with_defaults=True):
-    """The argument parser: skeletor's standard arguments (experimentname, --logroot, --dataroot, --seed,
-    --config) and every Recipe/Runtime field as --name, typed from the field.
+    """The argument parser: skeletor-ml's standard argument names and defaults (experimentname, --logroot,
+    --dataroot, --seed, --config) and every Recipe/Runtime field as --name, typed from the field. Flags are
+    never abbreviated (a prefix of a flag is an error, not a guess).
 
     `with_defaults=False` leaves unset flags out of the result, so it tells which flags were given.
     """
     parser = _Parser(prog="train.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                     argument_default=None if with_defaults else argparse.SUPPRESS)
+                     argument_default=None if with_defaults else argparse.SUPPRESS, allow_abbrev=False)
 
     def one_line_error(message):
         parser.exit(2, f"train.py: error: {message}\n")
@@ -427,15 +433,15 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         args = list(sys.argv[1:] if args is None else args)
+        takes_value = {f"--{name}" for name in _FIELDS if field_kind(name)[0] is not bool}
         joined, i = [], 0
         while i < len(args):
-            action = self._option_string_actions.get(args[i])
             value = args[i + 1] if i + 1 < len(args) else ""
             if args[i] == "--":
                 joined += args[i:]
                 break
-            if (action is not None and action.nargs is None and args[i].startswith("--") and len(value) > 1
-                    and value[0] == "-" and (value[1].isdigit() or value[1] == ".")):
+            if (args[i] in takes_value and len(value) > 1 and value[0] == "-"
+                    and (value[1].isdigit() or value[1] == ".")):
                 joined.append(f"{args[i]}={value}")
                 i += 2
             else:

@@ -5,6 +5,7 @@ The only module that knows track-ml and skeletor-ml. A trial is stored in track-
     LOGROOT/EXPERIMENT/trials/<trial_id>_param_map.json   its recipe, plan, runtime and status (one JSON object)
     LOGROOT/EXPERIMENT/trials/<trial_id>_result.json      one JSON object per logged row
     LOGROOT/EXPERIMENT/<trial_id>/                         last.pt, best.pt, and the writer's lock
+    LOGROOT/EXPERIMENT/ray/                                Ray Tune's own records of a sweep run with --ray
 
 and read back with skeletor's reader (`skeletor.proc`), as the seed's logs were. The files are written here
 rather than through `track.Trial`, which cannot reopen a trial: the parameter file is replaced atomically,
@@ -54,12 +55,10 @@ def _name_limit(folder):
 
 
 def check_destination(logroot, experimentname):
-    """Before anything is loaded or written: the experiment name is one safe path component and --logroot
-    is (or can become) a writable folder. Raises StoreError naming the flag; creates nothing."""
+    """Before anything is loaded or written: --logroot is (or can become) a writable folder and this file
+    system takes the experiment name (config.check_experimentname has made sure it is one plain folder name).
+    Raises StoreError naming the flag; creates nothing."""
     name = experimentname
-    if not name or name in (".", "..") or "/" in name or "\0" in name or (os.sep != "/" and os.sep in name):
-        raise StoreError(f"experiment name {name!r}: expected a single folder name (no '/', not '.' or '..', "
-                         f"not empty)")
     if len(name.encode()) > _name_limit(logroot):
         raise StoreError(f"experiment name: {len(name.encode())} bytes is longer than the file system allows "
                          f"({_name_limit(logroot)})")
@@ -99,6 +98,16 @@ def _params_path(logroot, experimentname, trial_id):
 
 def _results_path(logroot, experimentname, trial_id):
     return os.path.join(experiment_dir(logroot, experimentname), METADATA_FOLDER, f"{trial_id}_{RESULT_SUFFIX}")
+
+
+def ray_dir(logroot, experimentname):
+    """Where Ray Tune keeps its own records of a sweep (the trials' results are the files above)."""
+    return os.path.join(experiment_dir(logroot, experimentname), "ray")
+
+
+def result_rows(logroot, experimentname, trial_id):
+    """A trial's result rows as written, without skeletor (a last line cut short by a crash is dropped)."""
+    return _read_rows(_results_path(logroot, experimentname, trial_id), drop_cut_last_line=True)
 
 
 def checkpoint_path(logroot, experimentname, trial_id, name="last.pt"):
@@ -164,6 +173,23 @@ def _read_params(path):
     if not isinstance(params, dict) or "trial_id" not in params:
         raise StoreError(f"{path}: not a trial parameter file (no trial_id)")
     return params
+
+
+def trial_params(logroot, experimentname, trial_id):
+    """A trial's parameter file, as a dict."""
+    return _read_params(_params_path(logroot, experimentname, trial_id))
+
+
+def mark_finished(logroot, experimentname, trial_id):
+    """Set `finished` in the parameter file of a trial whose final checkpoint exists (under its lock)."""
+    lock_file = _lock(os.path.join(trial_dir(logroot, experimentname, trial_id), LOCK_NAME), trial_id)
+    try:
+        params = trial_params(logroot, experimentname, trial_id)
+        if params.get("finished") is not True:
+            params.update(finished=True, end_time=datetime.datetime.now().isoformat())
+            _write_json(_params_path(logroot, experimentname, trial_id), params)
+    finally:
+        lock_file.close()
 
 
 def newest_unfinished(logroot, experimentname):
@@ -270,10 +296,16 @@ def open_trial(logroot, experimentname, params, resume_id=None, keep_until_step=
     metadata = os.path.join(experiment_dir(logroot, experimentname), METADATA_FOLDER)
     created = []
     try:
-        for path in (logroot, experiment_dir(logroot, experimentname), metadata, folder):
-            if not os.path.isdir(path):
+        missing, path = [], os.path.abspath(logroot)
+        while not os.path.isdir(path):  # --logroot and any of its parents not there yet
+            missing.insert(0, path)
+            path = os.path.dirname(path)
+        for path in (*missing, experiment_dir(logroot, experimentname), metadata, folder):
+            try:
                 os.mkdir(path)
                 created.append(path)
+            except FileExistsError:  # there already, or made by a trial starting beside this one
+                pass
         lock_file = _lock(os.path.join(folder, LOCK_NAME), trial_id)
     except OSError as e:
         _undo(created)

@@ -46,17 +46,27 @@ class ConfigError(config.UsageError):
     """A config file that cannot be read or holds a bad key or value; names the file and the key."""
 
 
+class SweepFailed(Exception):
+    """Some trials of a sweep failed (diverged, or stopped by an error); names each, in one line."""
+
+
 # ---------------------------------------------------------------- the config
 
 def _typed(path, key, value):
     """One value of `key` as the command line would have made it, or a ConfigError naming file and key."""
+    raw = value
     scalar, takes_list, _ = config.field_kind(key)
     try:
         if isinstance(value, str) and scalar in (int, float):  # YAML reads `5e-4`, without a dot, as a string
-            value = config.parse_value(key, value)
+            value = config.parse_value(key, value)  # (a comma-separated list too, for a list flag)
         elif takes_list and isinstance(value, list):
-            value = [config.parse_value(key, v) if isinstance(v, str) else v for v in value]
-            value = tuple(v[0] if isinstance(v, tuple) else v for v in value)
+            value = tuple(config.parse_value(key, v) if isinstance(v, str) else (v,) for v in value)
+            if any(len(v) != 1 for v in value):
+                raise config.UsageError(f"--{key}: expected {config.describe(key)} (a YAML list of numbers, or "
+                                        f"one comma-separated string), got {raw!r}")
+            value = tuple(v[0] for v in value)
+        elif takes_list and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = (value,)  # as `--lr_milestones 100` on the command line
         return config.check_value(key, value)
     except config.UsageError as e:
         raise ConfigError(f"{path}: {key}: {str(e).split(': ', 1)[1]}") from None
@@ -187,8 +197,6 @@ def run(config_path, recipe, runtime, given):
             print(f"[{i + 1}/{len(entries)}] {label}: " + (f"resuming trial {job[2]}" if job[2] else "new trial"),
                   flush=True)
             results[i] = _run_one(*job)
-            if results[i].get("error_type") not in (None, "Diverged"):
-                break  # the recipe or the disk is wrong: the other points would fail the same way
     failures = []
     for i, result in results.items():
         summaries[i] = result
@@ -196,10 +204,10 @@ def run(config_path, recipe, runtime, given):
             failures.append((entries[i][0], result["error_type"], result["error"]))
     _report(entries, summaries)
     if failures:
-        kinds = {kind for _, kind, _ in failures}
-        kind = TRIAL_ERRORS.get(kinds.pop(), RuntimeError) if len(kinds) == 1 else RuntimeError
-        raise kind(f"{len(failures)} of {len(todo)} trial(s) of {config_path} failed: "
+        message = (f"{len(failures)} of {len(todo)} trial(s) of {config_path} failed: "
                    + "; ".join(f"{label}: {msg}" for label, _, msg in failures))
+        bad_input = all(issubclass(TRIAL_ERRORS.get(kind, Exception), config.UsageError) for _, kind, _ in failures)
+        raise config.UsageError(message) if bad_input else SweepFailed(message)
     return summaries
 
 
@@ -213,12 +221,22 @@ def _report(entries, summaries):
 
 
 def _run_parallel(jobs, workers):
-    """Up to `workers` trials at once, each in a fresh process (spawned: CUDA cannot be forked)."""
+    """Up to `workers` trials at once, each in a fresh process (spawned: CUDA cannot be forked), on the same
+    device. The data is fetched here first, so that the workers do not download it side by side."""
+    for recipe_json, runtime_json, _ in jobs.values():
+        data.load_cifar(runtime_json["dataroot"], recipe_json["dataset"])
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                                 max_tasks_per_child=1) as pool:
         futures = {i: pool.submit(_run_one, *job) for i, job in jobs.items()}
-        return {i: f.result() for i, f in futures.items()}
+        results = {}
+        for i, future in futures.items():
+            try:
+                results[i] = future.result()
+            except Exception as e:  # the worker died (out of memory, killed): the others still count
+                results[i] = {"trial_id": jobs[i][2], "finished": False, "error_type": type(e).__name__,
+                              "error": " ".join(f"{type(e).__name__}: {e}".split())}
+        return results
 
 
 def _ray_trial(ray_config, jobs):
@@ -249,7 +267,7 @@ def _run_ray(jobs, runtime):
         started_here = True
     try:
         resources = {"cpu": 1, "gpu": runtime.gpus_per_trial if runtime.cuda else 0}
-        storage = os.path.join(absolute["logroot"], runtime.experimentname, "ray")
+        storage = store.ray_dir(absolute["logroot"], runtime.experimentname)
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_ray_trial, jobs=jobs), resources),
             param_space={"index": tune.grid_search(list(jobs))},

@@ -31,7 +31,7 @@ def main(argv=None):
             trainer.run_trial(recipe, runtime)
     except config.UsageError as e:
         parser.exit(2, f"train.py: error: {e}\n")
-    except (data.DataError, store.StoreError, trainer.Diverged) as e:
+    except (data.DataError, store.StoreError, trainer.Diverged, sweep.SweepFailed) as e:
         parser.exit(1, f"train.py: error: {e}\n")
 
 

@@ -215,13 +215,19 @@ def checkpoint_state(parts, recipe, epoch, global_step, best_top1, finished):
             "best_top1": best_top1, "rng": rng_states(), "finished": finished}
 
 
-def restore(parts, recipe, state, path):
-    """Load a checkpoint's state into the parts; a checkpoint of another recipe is a CheckpointError."""
-    theirs, ours = state.get("recipe", {}), config.as_json(recipe)
-    differing = [f"--{k} {theirs.get(k)!r} in the checkpoint, {ours.get(k)!r} now"
-                 for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+def check_same_recipe(theirs, recipe, path, where):
+    """A CheckpointError naming every recipe value of `theirs` (a checkpoint's or a parameter file's) that
+    differs from `recipe`."""
+    ours = config.as_json(recipe)
+    differing = [f"--{k} {theirs.get(k)!r} {where}, {ours.get(k)!r} now"
+                 for k in config.RECIPE_KEYS if ours.get(k) != theirs.get(k)]
     if differing:
         raise store.CheckpointError(f"{path} belongs to another run: " + "; ".join(differing))
+
+
+def restore(parts, recipe, state, path):
+    """Load a checkpoint's state into the parts; a checkpoint of another recipe is a CheckpointError."""
+    check_same_recipe(state.get("recipe", {}), recipe, path, "in the checkpoint")
     parts.model.load_state_dict(state["model"])
     parts.optimizer.load_state_dict(state["optimizer"])
     parts.scheduler.load_state_dict(state["scheduler"])
@@ -287,8 +293,13 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
     if resume_id is not None:
         path = store.checkpoint_path(runtime.logroot, runtime.experimentname, resume_id)
         checkpoint = store.load_checkpoint(path) if os.path.exists(path) else None
-        if checkpoint is not None and checkpoint["finished"]:
-            if master:
+        if checkpoint is None:  # killed before its first checkpoint: start it again, if it is this recipe
+            params_file = store.params_path(store.experiment_dir(runtime.logroot, runtime.experimentname), resume_id)
+            check_same_recipe(store.trial_params(runtime.logroot, runtime.experimentname, resume_id), recipe,
+                              params_file, "in the parameter file")
+        elif checkpoint["finished"]:
+            if master:  # killed between its last checkpoint and closing its parameter file: close it now
+                store.mark_finished(runtime.logroot, runtime.experimentname, resume_id)
                 print(f"trial {resume_id} already finished all {recipe.epochs} epochs; nothing to do")
             return {"trial_id": resume_id, "finished": True}
     torch.backends.cudnn.benchmark = runtime.cuda  # fixed shapes: let cuDNN pick its fastest kernels once
@@ -300,14 +311,15 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
         dist.barrier()
     if recipe.train_subset:
         train_x, train_y = data.class_balanced_subset(train_x, train_y, recipe.train_subset, recipe.seed)
+    if recipe.test_subset > len(test_y):
+        raise config.UsageError(f"--test_subset: {recipe.test_subset} is more than the {len(test_y)} test images")
     if recipe.test_subset:
         test_x, test_y = test_x[:recipe.test_subset], test_y[:recipe.test_subset]
     plan = config.plan(recipe, len(train_y), world_size)
-    memory_format = dict(channels_last=recipe.channels_last == "on", rank=rank, world_size=world_size,
-                         device=device)
+    placement = dict(channels_last=recipe.channels_last == "on", rank=rank, world_size=world_size, device=device)
     train_batches = data.TrainBatches(train_x, train_y, recipe.batch_size, seed=recipe.seed,
-                                      keep_last=recipe.last_batch == "keep", **memory_format)
-    test_batches = data.EvalBatches(test_x, test_y, runtime.eval_batch_size, **memory_format)
+                                      keep_last=recipe.last_batch == "keep", **placement)
+    test_batches = data.EvalBatches(test_x, test_y, runtime.eval_batch_size, **placement)
 
     parts = build(recipe, plan, device, world_size, runtime.compile)
     start_epoch, global_step, best_top1 = 0, 0, -1.0

@@ -184,12 +184,10 @@ def _load(work, name):
 
 
 def _epoch_rows(logroot, experiment):
-    rows = []
-    for path in sorted(glob.glob(os.path.join(logroot, experiment, "trials", "*_result.json"))):
-        with open(path) as f:
-            trial = [json.loads(line) for line in f if line.strip()]
-        rows.append(sorted((r for r in trial if r.get("kind") == "epoch"), key=lambda r: r["epoch"]))
-    return rows
+    """[the epoch rows of each trial of the experiment], through store.py (no skeletor on the device)."""
+    import store
+    return [sorted((r for r in store.result_rows(logroot, experiment, t["trial_id"]) if r.get("kind") == "epoch"),
+                   key=lambda r: r["epoch"]) for t in store.list_trials(logroot, experiment)]
 
 
 def _steady_rate(rows):
@@ -630,10 +628,11 @@ def drive(dry, deadline_s, only):
             state = f"TIMED OUT after {took:.0f} s" if proc.returncode == -9 else f"FAILED (exit {proc.returncode})"
             print(f"-- {name}: {state}", flush=True)
     if os.environ.get("OUT"):  # the measured numbers and the accuracy run's rows, beside the report
+        import store
         keep = os.path.join(os.environ["OUT"], "gpu_check_files")
         os.makedirs(keep, exist_ok=True)
         for path in glob.glob(os.path.join(work, "*.json")) + glob.glob(os.path.join(work, "compile_*.log")) + \
-                glob.glob(os.path.join(work, "logs", "accuracy", "trials", "*.json")):
+                glob.glob(os.path.join(work, "logs", "accuracy", store.METADATA_FOLDER, "*.json")):
             shutil.copy(path, keep)
     print(f"\n== summary: {len(failures)} section(s) failed or timed out" + (f": {', '.join(failures)}" if failures
                                                                               else "") +

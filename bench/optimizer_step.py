@@ -29,22 +29,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import models  # noqa: E402
+import probe  # noqa: E402  (bench/probe.py)
 from lars import LARS  # noqa: E402
 
-SLOW_PROBE_MS = 1.0  # ~10x a quiet machine's probe
-
-
-def write_probe_ms(repeats: int = 20) -> float:
-    """Fastest in-place add_ on 700,000 float32 (2.8 MB), in ms."""
-    x = torch.zeros(700_000)
-    for _ in range(repeats):  # untimed: the first calls of a process include one-off set-up
-        x.add_(1.0)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        x.add_(1.0)
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
 
 
 def resnet18_params(width: int, seed: int = 0):
@@ -108,14 +95,14 @@ def main() -> None:
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs")
-    probes = [write_probe_ms()]
+    probes = [probe.memory_write_ms()]
     print(f"memory-write probe before: {probes[0]:.3f} ms (add_ on 2.8 MB; quiet machine ~0.1 ms)")
     for width in args.widths:
         bench_width(width, args.rounds, args.warmup, args.compiled)
-        probes.append(write_probe_ms())
+        probes.append(probe.memory_write_ms())
         print(f"memory-write probe after width {width}: {probes[-1]:.3f} ms")
-    if max(probes) > SLOW_PROBE_MS:
-        print(f"WARNING: the machine was slowed (probe above {SLOW_PROBE_MS} ms): "
+    if max(probes) > probe.SLOW_MS:
+        print(f"WARNING: the machine was slowed (probe above {probe.SLOW_MS} ms): "
               "these timings are not valid, run again")
 
 

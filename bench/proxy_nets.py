@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import models  # noqa: E402
+import probe  # noqa: E402  (bench/probe.py)
 
 # (arch, width, ghost_batch_size); AirbenchNet width w has blocks w, 4w, 4w.
 CANDIDATES = [
@@ -39,19 +40,6 @@ CANDIDATES = [
     ("ResNet18", 8, 32),
     ("AirbenchNet", 32, 32),
 ]
-PROBE_ELEMENTS = 700_000  # float32: 2.8 MB
-PROBE_SLOW_MS = 1.0  # normal is ~0.1 ms, a slow machine ~8 ms
-
-
-def memory_write_probe_ms(reps: int = 50) -> float:
-    """Median time of an in-place add on a 2.8 MB tensor."""
-    tensor = torch.zeros(PROBE_ELEMENTS)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        tensor.add_(1.0)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 class Trial:
@@ -85,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    probe_before = memory_write_probe_ms()
+    probe_before = probe.memory_write_ms()
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, fp32, "
           f"{args.rounds} rounds of {args.steps} steps per candidate after {args.warmup} warm-up")
     print(f"memory-write probe before: {probe_before:.3f} ms")
@@ -103,10 +91,10 @@ def main() -> None:
         median = args.batch_size / statistics.median(trial.step_seconds)
         best = args.batch_size / min(trial.step_seconds)
         print(f"{arch:<12} {width:>5} {ghost or '-':>5} {trial.params:>10,} {median:>7.0f} {best:>7.0f}")
-    probe_after = memory_write_probe_ms()
+    probe_after = probe.memory_write_ms()
     print(f"memory-write probe after: {probe_after:.3f} ms")
-    if max(probe_before, probe_after) > PROBE_SLOW_MS:
-        print(f"WARNING: a memory-write probe took over {PROBE_SLOW_MS} ms: the machine is in a slow "
+    if max(probe_before, probe_after) > probe.SLOW_MS:
+        print(f"WARNING: a memory-write probe took over {probe.SLOW_MS} ms: the machine is in a slow "
               "state and these numbers are invalid")
 
 

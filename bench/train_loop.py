@@ -20,35 +20,22 @@ over all rounds are reported (the best is the least disturbed by other load on a
       several ms means the machine is in a slow state and the ratios are invalid (a warning says so).
 """
 import argparse
-import glob
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from conftest import write_tiny_cifar  # noqa: E402
+import probe  # noqa: E402  (bench/probe.py)
+import store  # noqa: E402
 
 OLD_REVISION = "07e9aa6"
-PROBE_ELEMENTS = 700_000  # float32: 2.8 MB
-PROBE_SLOW_MS = 1.0  # a quiet machine ~0.1 ms, a slow one ~8 ms
-
-
-def memory_write_probe_ms(reps=50):
-    """Median time of an in-place add_ on a 2.8 MB float32 tensor, in ms."""
-    tensor = torch.zeros(PROBE_ELEMENTS)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        tensor.add_(1.0)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def extract_old(revision, into):
@@ -73,9 +60,8 @@ def run_train_py(code_dir, flags, logroot, name, env=None):
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-2000:]}"
                            f"\n{done.stderr[-3000:]}")
-    (path,) = glob.glob(os.path.join(logroot, name, "trials", "*_result.json"))
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    (trial,) = store.list_trials(logroot, name)  # the old revision wrote the same (track-ml) layout
+    rows = store.result_rows(logroot, name, trial["trial_id"])
     return sorted((r for r in rows if r.get("kind") == "epoch"), key=lambda r: r["epoch"])
 
 
@@ -99,7 +85,7 @@ def main():
     parser.add_argument("--no-compile", dest="compiled", action="store_false", help="skip part (b)")
     cfg = parser.parse_args()
 
-    probe_before = memory_write_probe_ms()
+    probe_before = probe.memory_write_ms()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads; "
           f"ResNet18 width {cfg.width}, batch {cfg.batch_size}, {cfg.images} synthetic images, "
           f"{cfg.epochs} epochs per run", flush=True)
@@ -129,7 +115,7 @@ def main():
             # a fresh inductor cache: the compile time of a first run, not of a cache hit
             compiled_rows = run_train_py(ROOT, flags + ["--compile"], os.path.join(tmp, "logs"), "compiled",
                                          env={"TORCHINDUCTOR_CACHE_DIR": os.path.join(tmp, "inductor_cache")})
-    probe_after = memory_write_probe_ms()
+    probe_after = probe.memory_write_ms()
 
     print(f"\n(a) train.py images/s over the epochs 2..{cfg.epochs} of {cfg.rounds} round(s) "
           f"({len(rates['new'])} epochs each side)")
@@ -150,14 +136,14 @@ def main():
         eager_epoch = statistics.median(steady(rows, "epoch_seconds") for rows in new_rows)
         first, later = compiled_rows[0]["epoch_seconds"], steady(compiled_rows, "epoch_seconds")
         rate = steady(compiled_rows, "images_per_s")
-        print(f"\n(b) --compile (model + LARS.compile())")
+        print("\n(b) --compile (model + LARS.compile())")
         print(f"  compile time ~{first - later:.1f} s, cold cache (first epoch {first:.1f} s - steady epoch {later:.2f} s; "
               f"eager steady epoch {eager_epoch:.2f} s)")
         print(f"  steady-state images/s compiled {rate:.1f} vs eager {new:.1f}: ratio compiled/eager "
               f"{rate / new:.3f}")
     print(f"\n(c) memory-write probe: before {probe_before:.3f} ms, after {probe_after:.3f} ms")
-    if max(probe_before, probe_after) > PROBE_SLOW_MS:
-        print(f"WARNING: a memory-write probe took over {PROBE_SLOW_MS} ms: the machine is in a slow state and "
+    if max(probe_before, probe_after) > probe.SLOW_MS:
+        print(f"WARNING: a memory-write probe took over {probe.SLOW_MS} ms: the machine is in a slow state and "
               f"the ratios above are invalid; run again")
 
 

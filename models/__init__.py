@@ -6,6 +6,8 @@ from .airbench import AirbenchNet
 from .ghost_norm import GhostBatchNorm2d, convert_to_ghost_batch_norm
 from .resnet import BasicBlock, Bottleneck, ResNet8, ResNet18, ResNet20, ResNet34, ResNet50
 
+__all__ = ["ARCHS", "RESIDUAL_ARCHS", "BN_WEIGHT_INITS", "build", "GhostBatchNorm2d", "BasicBlock", "Bottleneck"]
+
 _CONSTRUCTORS = {
     "ResNet18": ResNet18,
     "ResNet34": ResNet34,

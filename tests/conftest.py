@@ -79,10 +79,8 @@ def tiny_flags(dataroot, logroot, *extra, epochs=2):
 
 def result_rows(logroot, experiment, trial_id):
     """A trial's result rows as written (one JSON object per line)."""
-    import json
-    path = os.path.join(logroot, experiment, "trials", f"{trial_id}_result.json")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    import store
+    return store.result_rows(str(logroot), experiment, trial_id)
 
 
 def only_trial(logroot, experiment):

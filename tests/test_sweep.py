@@ -131,6 +131,7 @@ def test_shipped_configs_expand(tmp_path):
     ("optimizer: Adam\n", "optimizer", "one of LARS, SGD"),
     ("optimizer: [LARS, Adam]\n", "optimizer", "one of LARS, SGD"),
     ("lr_milestones: [[10], [x]]\n", "lr_milestones", "integers"),
+    ("lr_milestones: ['100,150', 200]\n", "lr_milestones", "one comma-separated string"),
     ("batch_size: []\n", "batch_size", "empty grid"),
     ("batch_size: [64, 64]\n", "batch_size", "repeats"),
     ("warmup_epochs: [1, 500]\nepochs: 10\n", "warmup_epochs", "grid point"),
@@ -187,3 +188,24 @@ def test_ray_local_runs_the_grid_and_names_a_failed_trial(dataroot, tmp_path, ca
     # Without Ray, the same command skips the two finished trials (only the diverged one would run again).
     entries = plan_of(path, ["raysweep", "--config", path, *tiny(dataroot, logroot)])
     assert [(e or {}).get("finished") for _, _, e in entries] == [True, True, False]
+
+
+def test_a_single_milestone_is_a_one_element_list(tmp_path):
+    path = write_config(tmp_path / "m.yaml", "schedule: step\nepochs: 200\nlr_milestones: 100\n")
+    (axes,) = sweep.load_config(path)
+    assert axes["lr_milestones"] == [(100,)]
+
+
+def test_trials_failing_in_different_ways_are_one_line(dataroot, tmp_path, capsys, monkeypatch):
+    path = write_config(tmp_path / "g.yaml", "batch_size: 50\nlr: [0.1, 0.2]\n")
+
+    def failing(recipe, runtime, resume_id=None):
+        error = trainer.Diverged if recipe.lr == 0.1 else store.CheckpointError
+        raise error(f"failure of lr {recipe.lr}")
+
+    monkeypatch.setattr(trainer, "run_trial", failing)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["mixed", "--config", path, *tiny(dataroot, tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert "2 of 2 trial(s)" in err and "failure of lr 0.1" in err and "failure of lr 0.2" in err

@@ -243,3 +243,25 @@ def test_results_are_plain_json(tiny_cifar10, tmp_path):
         rows = [json.loads(line) for line in f]
     # one step row at the epoch's end (the interval is longer than the epoch), one epoch row
     assert [r["kind"] for r in rows] == ["step", "epoch"] and all(isinstance(r["train_loss"], float) for r in rows)
+
+
+def test_a_trial_killed_before_closing_its_finished_run_is_marked_finished(tiny_cifar10, tmp_path, capsys):
+    root, _ = tiny_cifar10
+    train.main(["closing", *tiny_flags(root, tmp_path, epochs=1)])
+    _, trial = only_trial(tmp_path, "closing")
+    params_file = os.path.join(tmp_path, "closing", "trials", f"{trial['trial_id']}_param_map.json")
+    with open(params_file, "w") as f:  # as if killed after the final last.pt, before the parameter file
+        json.dump({**trial, "finished": False}, f)
+    train.main(["closing", "--resume", *tiny_flags(root, tmp_path, epochs=1)])
+    assert "nothing to do" in capsys.readouterr().out
+    assert only_trial(tmp_path, "closing")[1]["finished"] is True
+
+
+def test_resume_of_a_trial_without_checkpoint_checks_its_recipe(tiny_cifar10, tmp_path, capsys):
+    root, _ = tiny_cifar10
+    train.main(["early", "--stop_after_epoch", "1", *tiny_flags(root, tmp_path)])
+    trial_dir, _ = only_trial(tmp_path, "early")
+    os.remove(os.path.join(trial_dir, "last.pt"))  # as if killed before its first checkpoint
+    os.remove(os.path.join(trial_dir, "best.pt"))
+    err = run_expecting_error(["early", "--resume", "--lr", "0.5", *tiny_flags(root, tmp_path)], capsys, code=1)
+    assert "belongs to another run" in err and "--lr 0.1 in the parameter file, 0.5 now" in err
