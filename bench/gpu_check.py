@@ -5,7 +5,7 @@
 
 Sections, in order (each prints as it goes; a section that fails or times out is reported and the rest run):
   env          GPU, driver, torch, CUDA
-  tests        the CUDA-marked tests (pytest -m cuda tests/test_cuda.py)
+  tests        the CUDA-marked tests (pytest -m cuda tests)
   throughput   ResNet18 width 64 images/s through trainer.build + trainer.train_step (augmentation included),
                eager: batch 64 (one micro-batch: launch-bound) and batch 16384 as 32 micro-batches of 512,
                fp32 and bf16 + channels_last
@@ -213,7 +213,7 @@ def section_env(s, work, dry):
 
 
 def section_tests(s, work, dry):
-    command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py", "-p", "no:cacheprovider"]
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests", "-p", "no:cacheprovider"]
     print("$ python " + " ".join(command[1:]))
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=140)
     print("\n".join((done.stdout + done.stderr).strip().splitlines()[-15:]))

@@ -8,27 +8,8 @@ import data
 import store
 from conftest import result_rows
 import train
-from lars import LARS
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-
-
-def test_lars_multi_tensor_matches_single_tensor_on_cuda():
-    torch.manual_seed(0)
-    shapes = [(64, 3, 3, 3), (64,), (128, 64, 3, 3), (10, 512), (10,)]
-    results = []
-    for foreach in (False, True):
-        params = [torch.randn(s, device="cuda", generator=torch.Generator("cuda").manual_seed(i))
-                  for i, s in enumerate(shapes)]
-        params = [torch.nn.Parameter(p) for p in params]
-        opt = LARS(params, lr=0.5, foreach=foreach)
-        for step in range(3):
-            for i, p in enumerate(params):
-                p.grad = torch.randn(p.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(100 + i + step))
-            opt.step()
-        results.append([p.detach().clone() for p in params])
-    for a, b in zip(*results):
-        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_gpu_batches_equal_cpu_batches():

@@ -126,14 +126,14 @@ def _make(shapes, dtype=F64, seed=0, zero_idx=()):
     return ps, grads
 
 
-def _run_lars(ps0, grads, lrs, cfg, foreach, dtype=None):
-    ps = [p.clone().requires_grad_() for p in ps0]
+def _run_lars(ps0, grads, lrs, cfg, foreach, dtype=None, device="cpu"):
+    ps = [p.to(device, copy=True).requires_grad_() for p in ps0]
     hp = {k: v for k, v in cfg.items() if k != "lars_adapt"}
     opt = LARS([{"params": ps, "lars_adapt": cfg["lars_adapt"]}], lr=lrs[0], foreach=foreach, **hp)
     for lr, gs in zip(lrs, grads):
         opt.param_groups[0]["lr"] = lr
         for p, g in zip(ps, gs):
-            p.grad = g.clone()
+            p.grad = g.to(device, copy=True)
         opt.step()
     return [p.detach() for p in ps], opt
 
@@ -598,19 +598,12 @@ def test_changed_params_and_grads_between_steps_use_a_fresh_layout():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_foreach_equals_single_tensor_on_cuda(variant, dtype):
     cfg = {**BASE, **VARIANTS[variant]}
-    hp = {k: v for k, v in cfg.items() if k != "lars_adapt"}
     ps0, grads = _make(SHAPES, dtype=dtype, zero_idx=(3,))
     outs = []
     for foreach in (True, False):
-        ps = [p.cuda().requires_grad_() for p in ps0]
-        opt = LARS([{"params": ps, "lars_adapt": cfg["lars_adapt"]}], lr=LRS[0], foreach=foreach, **hp)
-        for lr, gs in zip(LRS, grads):
-            opt.param_groups[0]["lr"] = lr
-            for p, g in zip(ps, gs):
-                p.grad = g.cuda()
-            opt.step()
-        outs.append([p.detach().cpu() for p in ps] + [opt.state[p].get("momentum_buffer", torch.zeros(())).cpu()
-                                                      for p in ps])
+        ps, opt = _run_lars(ps0, grads, LRS, cfg, foreach, device="cuda")
+        outs.append([p.cpu() for p in ps] + [opt.state[p].get("momentum_buffer", torch.zeros(())).cpu()
+                                             for p in ps])
     assert all(torch.equal(a, b) for a, b in zip(*outs))
 
 
