@@ -271,12 +271,21 @@ def check(recipe, runtime=None, world_size=1):
     if runtime is not None:
         if r.amp == "fp16" and not runtime.cuda:
             raise UsageError("--amp: fp16 needs --cuda (use bf16 on the CPU)")
-        if runtime.ray and not runtime.config:
-            raise UsageError("--ray: needs --config (a grid to run)")
+
 
 
 # The longest file name on Linux file systems (NAME_MAX); store.check_destination asks the actual one.
 MAX_NAME_BYTES = 255
+
+
+def check_command(runtime):
+    """Flags that only mean something for a grid (the sweep hands each trial a runtime without them)."""
+    if runtime.ray and not runtime.config:
+        raise UsageError("--ray: needs --config (a grid to run)")
+    if runtime.trials_per_gpu > 1 and not runtime.config:
+        raise UsageError("--trials_per_gpu: needs --config (a grid to run)")
+    if runtime.gpus_per_trial != 1.0 and not runtime.ray:
+        raise UsageError("--gpus_per_trial: needs --ray (it reserves GPUs on a Ray cluster)")
 
 
 def check_experimentname(name):

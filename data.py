@@ -112,7 +112,7 @@ def class_balanced_subset(x, y, n, seed):
     When n is not a multiple of the number of classes, the lowest class labels get one sample more each.
     """
     if not 1 <= n <= len(y):
-        raise DataError(f"train_subset must be between 1 and the training set size {len(y)}, got {n}")
+        raise DataError(f"--train_subset: expected between 1 and the training set size {len(y)}, got {n}")
     classes = torch.unique(y)
     per_class, extra = divmod(n, len(classes))
     generator = torch.Generator().manual_seed(seed)

@@ -130,7 +130,7 @@ def _match(recipe_json, trials):
     return same[-1] if same else None
 
 
-def plan(config_path, recipe, runtime, given):
+def grid_entries(config_path, recipe, runtime, given):
     """[(label, recipe, existing parameter file or None)] for every distinct grid point.
 
     `recipe` holds the command line's values; those of the flags in `given` override the config."""
@@ -176,7 +176,7 @@ def _run_one(recipe_json, runtime_json, resume_id):
 
 def run(config_path, recipe, runtime, given):
     """Run every grid point not finished yet; returns the trials' summaries in grid order."""
-    entries = plan(config_path, recipe, runtime, given)
+    entries = grid_entries(config_path, recipe, runtime, given)
     runtime = dataclasses.replace(runtime, resume=False, config="")  # each trial is resumed by id
     todo = [i for i, (_, _, existing) in enumerate(entries) if not (existing and existing.get("finished"))]
     summaries = [{"trial_id": e["trial_id"], "finished": True, "skipped": True} if i not in todo else None

@@ -25,6 +25,7 @@ def main(argv=None):
 
     try:
         recipe, runtime = config.from_namespace(args)
+        config.check_command(runtime)
         if runtime.config:
             sweep.run(runtime.config, recipe, runtime, config.given_flags(argv))
         else:

@@ -28,7 +28,7 @@ def tiny(dataroot, logroot, *extra):
 
 def plan_of(config_path, argv):
     recipe, runtime = config.from_namespace(config.make_parser().parse_args(argv))
-    return sweep.plan(config_path, recipe, runtime, config.given_flags(argv))
+    return sweep.grid_entries(config_path, recipe, runtime, config.given_flags(argv))
 
 
 def write_config(path, text):

@@ -265,3 +265,11 @@ def test_resume_of_a_trial_without_checkpoint_checks_its_recipe(tiny_cifar10, tm
     os.remove(os.path.join(trial_dir, "best.pt"))
     err = run_expecting_error(["early", "--resume", "--lr", "0.5", *tiny_flags(root, tmp_path)], capsys, code=1)
     assert "belongs to another run" in err and "--lr 0.1 in the parameter file, 0.5 now" in err
+
+
+@pytest.mark.parametrize("flags, needle", [(["--trials_per_gpu", "2"], "--trials_per_gpu"),
+                                           (["--ray", "auto"], "--ray"),
+                                           (["--gpus_per_trial", "2"], "--gpus_per_trial")])
+def test_grid_only_flags_without_a_grid_are_errors(tmp_path, capsys, flags, needle):
+    err = run_expecting_error(["x", *flags, "--logroot", str(tmp_path / "logs")], capsys, code=2)
+    assert err.startswith(f"train.py: error: {needle}: needs") and not (tmp_path / "logs").exists()
