@@ -297,6 +297,9 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
             params_file = store.params_path(store.experiment_dir(runtime.logroot, runtime.experimentname), resume_id)
             check_same_recipe(store.trial_params(runtime.logroot, runtime.experimentname, resume_id), recipe,
                               params_file, "in the parameter file")
+        elif 0 < runtime.stop_after_epoch <= checkpoint["epoch"] and not checkpoint["finished"]:
+            raise config.UsageError(f"--stop_after_epoch: trial {resume_id} is already at epoch {checkpoint['epoch']}; "
+                                    f"give a later epoch, or none to finish it")
         elif checkpoint["finished"]:
             if master:  # killed between its last checkpoint and closing its parameter file: close it now
                 store.mark_finished(runtime.logroot, runtime.experimentname, resume_id)

@@ -273,3 +273,11 @@ def test_resume_of_a_trial_without_checkpoint_checks_its_recipe(tiny_cifar10, tm
 def test_grid_only_flags_without_a_grid_are_errors(tmp_path, capsys, flags, needle):
     err = run_expecting_error(["x", *flags, "--logroot", str(tmp_path / "logs")], capsys, code=2)
     assert err.startswith(f"train.py: error: {needle}: needs") and not (tmp_path / "logs").exists()
+
+
+def test_stop_after_an_epoch_the_trial_has_passed_is_an_error(tiny_cifar10, tmp_path, capsys):
+    root, _ = tiny_cifar10
+    train.main(["stop", "--stop_after_epoch", "1", *tiny_flags(root, tmp_path)])
+    err = run_expecting_error(["stop", "--resume", "--stop_after_epoch", "1", *tiny_flags(root, tmp_path)], capsys,
+                              code=2)
+    assert "--stop_after_epoch: trial" in err and "already at epoch 1" in err
