@@ -253,6 +253,13 @@ class Trial:
         import torch
         write_atomically(path, lambda f: torch.save(state, f))
 
+    def discard_checkpoint_after(self, epoch, name="best.pt"):
+        """Remove checkpoint `name` if it holds a later epoch than `epoch`: a trial resumed from an older
+        last.pt (--checkpoint_every > 1) drops the rows after it, and must not keep a best.pt from them."""
+        path = os.path.join(self.dir, name)
+        if os.path.exists(path) and load_checkpoint(path)["epoch"] > epoch:
+            os.remove(path)
+
     def close(self, finished):
         """Write the final parameter file (`finished` marks a run that completed all its epochs), unlock."""
         try:

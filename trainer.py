@@ -333,6 +333,8 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
         params = {**config.as_json(recipe), **config.as_json(plan), **config.as_json(runtime),
                   "recipe_keys": list(config.RECIPE_KEYS)}
         trial = store.open_trial(runtime.logroot, runtime.experimentname, params, resume_id, global_step)
+        if checkpoint is not None:
+            trial.discard_checkpoint_after(start_epoch, "best.pt")
         print(f"trial {trial.trial_id} in {trial.dir}: {recipe.optimizer} {recipe.arch}(width {recipe.width}) on "
               f"{recipe.dataset}, batch {recipe.batch_size} = {world_size} rank(s) x "
               f"{plan.micro_batches_per_step} micro-batch(es) of {plan.micro_batch}, lr {recipe.lr} scaled to "

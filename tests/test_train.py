@@ -281,3 +281,19 @@ def test_stop_after_an_epoch_the_trial_has_passed_is_an_error(tiny_cifar10, tmp_
     err = run_expecting_error(["stop", "--resume", "--stop_after_epoch", "1", *tiny_flags(root, tmp_path)], capsys,
                               code=2)
     assert "--stop_after_epoch: trial" in err and "already at epoch 1" in err
+
+
+def test_resume_from_an_older_checkpoint_drops_a_later_best(tiny_cifar10, tmp_path):
+    """With --checkpoint_every > 1 a run killed after an improving epoch's best.pt resumes from an older
+    last.pt; the rows after it are dropped, and so is that best.pt."""
+    root, _ = tiny_cifar10
+    train.main(["cadence", "--stop_after_epoch", "1", *tiny_flags(root, tmp_path)])
+    trial_dir, params = only_trial(tmp_path, "cadence")
+    best = os.path.join(trial_dir, "best.pt")
+    state = torch.load(best, weights_only=True)
+    for best_epoch, kept in ((1, True), (2, False)):
+        torch.save({**state, "epoch": best_epoch}, best)
+        trial = store.open_trial(str(tmp_path), "cadence", params, params["trial_id"], state["global_step"])
+        trial.discard_checkpoint_after(1, "best.pt")
+        trial.close(False)
+        assert os.path.exists(best) is kept
