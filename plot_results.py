@@ -439,7 +439,8 @@ def fig_test_curves(points, colours, scale, command, note):
         epochs = list(curve)
         steps, mean, lo, hi = (list(v) for v in zip(*curve.values()))
         for ax, xs in ((ax_e, epochs), (ax_s, steps)):
-            ax.plot(xs, mean, linewidth=1.1, **style)
+            # a marker where a running trial has a single epoch so far (a line of one point is invisible)
+            ax.plot(xs, mean, linewidth=1.1, marker="o" if len(xs) == 1 else None, markersize=3, **style)
             if len(healthy) > 1:
                 ax.fill_between(xs, lo, hi, color=style["color"], alpha=0.18, linewidth=0)
     ax_e.set_xlabel("epoch")
@@ -471,7 +472,8 @@ def fig_train_loss(points, colours, scale, command, note):
         curve = _mean_curve(p["trials"], "train_loss", lambda t: t["diverged_epoch"] is None)
         style = _style(p, colours, batch_sizes)
         if curve:
-            ax.plot(list(curve), [v[1] for v in curve.values()], linewidth=1.1, **style)
+            ax.plot(list(curve), [v[1] for v in curve.values()], linewidth=1.1,
+                    marker="o" if len(curve) == 1 else None, markersize=3, **style)
             healthy_values += [v[1] for v in curve.values() if v[1] > 0]
         for t in p["diverged"]:
             xs = [e for e, v in zip(t["epoch"], t["train_loss"]) if math.isfinite(v) and e < t["diverged_epoch"]]

@@ -426,6 +426,7 @@ def read_experiment(experiment_folder):
                              f"{' '.join(str(e).split())})") from None
         for trial_id, group in df.groupby(df["trial_id"].astype(str), sort=False):
             records, raw = group.to_dict("records"), direct.get(trial_id, [])
+            records = records[:len(raw)]  # a running trial may have logged more since the first read
             if len(records) != len(raw):
                 raise StoreError(f"{experiment_folder}: skeletor read {len(records)} rows of trial {trial_id}, "
                                  f"its file has {len(raw)}")
