@@ -333,7 +333,8 @@ def open_trial(logroot, experimentname, params, resume_id=None, keep_until_step=
             old = _params_path(logroot, experimentname, trial_id)
             params["start_time"] = _read_params(old).get("start_time", params["start_time"]) if os.path.exists(
                 old) else params["start_time"]
-            kept = [row for row in _read_rows(results_path, drop_cut_last_line=True) if (row.get("iteration") or 0) <= keep_until_step]
+            kept = [row for row in _read_rows(results_path, drop_cut_last_line=True)
+                    if (row.get("iteration") or 0) <= keep_until_step]
             write_atomically(results_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
         _write_json(_params_path(logroot, experimentname, trial_id), params)
         results_file = open(results_path, "a")

@@ -285,72 +285,27 @@ def run_trial(recipe, runtime, resume_id=None):
 
 
 def _run(recipe, runtime, resume_id, rank, world_size, device):
+    """The trial's loop, nanoGPT-style: what it resumes, its data and parts, then epochs of steps."""
     master = rank == 0
-    if runtime.resume and resume_id is None:
-        resume_id = broadcast_from_master(
-            store.newest_unfinished(runtime.logroot, runtime.experimentname) if master else None, world_size)
-    checkpoint = None
-    if resume_id is not None:
-        path = store.checkpoint_path(runtime.logroot, runtime.experimentname, resume_id)
-        checkpoint = store.load_checkpoint(path) if os.path.exists(path) else None
-        if checkpoint is None:  # killed before its first checkpoint: start it again, if it is this recipe
-            params_file = store.params_path(store.experiment_dir(runtime.logroot, runtime.experimentname), resume_id)
-            check_same_recipe(store.trial_params(runtime.logroot, runtime.experimentname, resume_id), recipe,
-                              params_file, "in the parameter file")
-        elif 0 < runtime.stop_after_epoch <= checkpoint["epoch"] and not checkpoint["finished"]:
-            raise config.UsageError(f"--stop_after_epoch: trial {resume_id} is already at epoch {checkpoint['epoch']}; "
-                                    f"give a later epoch, or none to finish it")
-        elif checkpoint["finished"]:
-            if master:  # killed between its last checkpoint and closing its parameter file: close it now
-                store.mark_finished(runtime.logroot, runtime.experimentname, resume_id)
-                print(f"trial {resume_id} already finished all {recipe.epochs} epochs; nothing to do")
-            return {"trial_id": resume_id, "finished": True}
+    resume_id, checkpoint, checkpoint_file = _checkpoint_to_resume(recipe, runtime, resume_id, master, world_size)
+    if checkpoint is not None and checkpoint["finished"]:
+        return {"trial_id": resume_id, "finished": True}
     torch.backends.cudnn.benchmark = runtime.cuda  # fixed shapes: let cuDNN pick its fastest kernels once
-
-    if not master:  # rank 0 downloads the data (where it must) before the others read it
-        dist.barrier()
-    train_x, train_y, test_x, test_y = data.load_cifar(runtime.dataroot, recipe.dataset)
-    if master and world_size > 1:
-        dist.barrier()
-    if recipe.train_subset:
-        train_x, train_y = data.class_balanced_subset(train_x, train_y, recipe.train_subset, recipe.seed)
-    if recipe.test_subset > len(test_y):
-        raise config.UsageError(f"--test_subset: {recipe.test_subset} is more than the {len(test_y)} test images")
-    if recipe.test_subset:
-        test_x, test_y = test_x[:recipe.test_subset], test_y[:recipe.test_subset]
-    plan = config.plan(recipe, len(train_y), world_size)
-    placement = dict(channels_last=recipe.channels_last == "on", rank=rank, world_size=world_size, device=device)
-    train_batches = data.TrainBatches(train_x, train_y, recipe.batch_size, seed=recipe.seed,
-                                      keep_last=recipe.last_batch == "keep", **placement)
-    test_batches = data.EvalBatches(test_x, test_y, runtime.eval_batch_size, **placement)
-
+    train_batches, test_batches, plan = _batches(recipe, runtime, rank, world_size, device)
     parts = build(recipe, plan, device, world_size, runtime.compile)
     start_epoch, global_step, best_top1 = 0, 0, -1.0
     if checkpoint is not None:
-        start_epoch, global_step, best_top1 = restore(parts, recipe, checkpoint, path)
-    trial = None
-    if master:
-        params = {**config.as_json(recipe), **config.as_json(plan), **config.as_json(runtime),
-                  "recipe_keys": list(config.RECIPE_KEYS)}
-        trial = store.open_trial(runtime.logroot, runtime.experimentname, params, resume_id, global_step)
-        if checkpoint is not None:
-            trial.discard_checkpoint_after(start_epoch, "best.pt")
-        print(f"trial {trial.trial_id} in {trial.dir}: {recipe.optimizer} {recipe.arch}(width {recipe.width}) on "
-              f"{recipe.dataset}, batch {recipe.batch_size} = {world_size} rank(s) x "
-              f"{plan.micro_batches_per_step} micro-batch(es) of {plan.micro_batch}, lr {recipe.lr} scaled to "
-              f"{plan.scaled_lr:.6g} ({recipe.lr_scaling}), {plan.steps_per_epoch} steps/epoch, "
-              f"{'resuming after epoch ' + str(start_epoch) if checkpoint else 'from scratch'}, device {device}",
-              flush=True)
+        start_epoch, global_step, best_top1 = restore(parts, recipe, checkpoint, checkpoint_file)
+    trial = _open_trial(recipe, runtime, plan, resume_id, start_epoch, global_step, device) if master else None
     last_epoch = min(recipe.epochs, runtime.stop_after_epoch or recipe.epochs)
-    finished = False
     show_progress = master and sys.stderr.isatty()
     try:
         for epoch in range(start_epoch, last_epoch):
             parts.net.train()
             started = time.perf_counter()
             interval_sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
-            interval_samples = epoch_samples = 0
-            epoch_loss_sum = epoch_correct = 0.0
+            interval_samples = 0
+            epoch_sums = [0.0, 0.0, 0]  # loss sum, correct, samples: host numbers, read at the log points
             bar = tqdm(train_batches.epoch(epoch), total=plan.steps_per_epoch, leave=False,
                        desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not show_progress)
             for step, (images, labels) in enumerate(bar, 1):
@@ -371,8 +326,7 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
                     trial.log(iteration=global_step, kind="step", epoch=epoch + 1, learning_rate=lr,
                               train_loss=loss, train_top1=top1)
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
-                epoch_loss_sum, epoch_correct = epoch_loss_sum + loss_sum, epoch_correct + correct
-                epoch_samples += interval_samples
+                epoch_sums = [epoch_sums[0] + loss_sum, epoch_sums[1] + correct, epoch_sums[2] + interval_samples]
                 interval_sums.zero_()
                 interval_samples = 0
             train_seconds = time.perf_counter() - started
@@ -382,37 +336,105 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
             metrics = evaluate(parts.model, test_batches, parts.autocast, world_size, show_progress)
             best_top1 = max(best_top1, metrics["test_top1"])
             if master:
-                row = {"kind": "epoch", "epoch": epoch + 1, "learning_rate": lr,
-                       "train_loss": epoch_loss_sum / epoch_samples, "train_top1": 100 * epoch_correct / epoch_samples,
-                       **metrics,
-                       "epoch_seconds": time.perf_counter() - started,
-                       "images_per_s": epoch_samples / train_seconds, "batch_size": recipe.batch_size}
+                loss_sum, correct, samples = epoch_sums
+                row = dict(kind="epoch", epoch=epoch + 1, learning_rate=lr, train_loss=loss_sum / samples,
+                           train_top1=100 * correct / samples, **metrics, epoch_seconds=time.perf_counter() - started,
+                           images_per_s=samples / train_seconds, batch_size=recipe.batch_size)
                 trial.log(iteration=global_step, **row)
-                print(f"epoch {epoch + 1:>3}/{recipe.epochs}  last lr {lr:.4g}  train loss {row['train_loss']:.4f} "
-                      f"acc {row['train_top1']:.2f}%  test loss {row['test_loss']:.4f} acc {row['test_top1']:.2f}% "
-                      f"(top-5 {row['test_top5']:.2f}%)  {row['epoch_seconds']:.1f}s  "
-                      f"{row['images_per_s']:.0f} img/s", flush=True)
-                done = epoch + 1
-                last_due = done % runtime.checkpoint_every == 0 or done == last_epoch
-                best_due = metrics["test_top1"] == best_top1
-                if last_due or best_due:
-                    state = checkpoint_state(parts, recipe, done, global_step, best_top1, done == recipe.epochs)
-                if last_due:
-                    trial.save_checkpoint(state, "last.pt")
-                if best_due:  # the same bytes as last.pt when both are due: a link, not a second write
-                    trial.save_checkpoint(state, "best.pt", same_as="last.pt" if last_due else None)
-        finished = last_epoch == recipe.epochs
+                print_epoch(row, recipe.epochs)
+                _save_checkpoints(trial, parts, recipe, runtime, epoch + 1, last_epoch, global_step, best_top1,
+                                  improved=metrics["test_top1"] == best_top1)
     except BaseException:
         if master:  # the error that stopped the run is the one to report, not a second one (a full disk)
             with contextlib.suppress(store.StoreError):
                 trial.close(False)
         raise
+    finished = last_epoch == recipe.epochs
     if master:
         trial.close(finished)
-    if master:
         print(("finished" if finished else f"stopped after epoch {last_epoch} as asked; continue with --resume")
               + f": results in {trial.dir}", flush=True)
     return {"trial_id": trial.trial_id if master else resume_id, "finished": finished, "best_top1": best_top1}
+
+
+def _checkpoint_to_resume(recipe, runtime, resume_id, master, world_size):
+    """(trial id, its checkpoint or None, the checkpoint's path) for --resume or a sweep's resume_id; checks
+    that the trial is this recipe and closes one that finished but was killed before saying so."""
+    if runtime.resume and resume_id is None:
+        resume_id = broadcast_from_master(
+            store.newest_unfinished(runtime.logroot, runtime.experimentname) if master else None, world_size)
+    if resume_id is None:
+        return None, None, None
+    path = store.checkpoint_path(runtime.logroot, runtime.experimentname, resume_id)
+    checkpoint = store.load_checkpoint(path) if os.path.exists(path) else None
+    if checkpoint is None:  # killed before its first checkpoint: start it again, if it is this recipe
+        params_file = store.params_path(store.experiment_dir(runtime.logroot, runtime.experimentname), resume_id)
+        check_same_recipe(store.trial_params(runtime.logroot, runtime.experimentname, resume_id), recipe,
+                          params_file, "in the parameter file")
+    elif checkpoint["finished"]:
+        if master:  # killed between its last checkpoint and closing its parameter file: close it now
+            store.mark_finished(runtime.logroot, runtime.experimentname, resume_id)
+            print(f"trial {resume_id} already finished all {recipe.epochs} epochs; nothing to do")
+    elif 0 < runtime.stop_after_epoch <= checkpoint["epoch"]:
+        raise config.UsageError(f"--stop_after_epoch: trial {resume_id} is already at epoch {checkpoint['epoch']}; "
+                                f"give a later epoch, or none to finish it")
+    return resume_id, checkpoint, path
+
+
+def _batches(recipe, runtime, rank, world_size, device):
+    """(training batches, test batches, plan) on the device; rank 0 downloads the data (where it must)
+    before the other ranks read it."""
+    if rank > 0:
+        dist.barrier()
+    train_x, train_y, test_x, test_y = data.load_cifar(runtime.dataroot, recipe.dataset)
+    if rank == 0 and world_size > 1:
+        dist.barrier()
+    if recipe.train_subset:
+        train_x, train_y = data.class_balanced_subset(train_x, train_y, recipe.train_subset, recipe.seed)
+    if recipe.test_subset > len(test_y):
+        raise config.UsageError(f"--test_subset: {recipe.test_subset} is more than the {len(test_y)} test images")
+    if recipe.test_subset:
+        test_x, test_y = test_x[:recipe.test_subset], test_y[:recipe.test_subset]
+    plan = config.plan(recipe, len(train_y), world_size)
+    placement = dict(channels_last=recipe.channels_last == "on", rank=rank, world_size=world_size, device=device)
+    train_batches = data.TrainBatches(train_x, train_y, recipe.batch_size, seed=recipe.seed,
+                                      keep_last=recipe.last_batch == "keep", **placement)
+    test_batches = data.EvalBatches(test_x, test_y, runtime.eval_batch_size, **placement)
+    return train_batches, test_batches, plan
+
+
+def _open_trial(recipe, runtime, plan, resume_id, start_epoch, global_step, device):
+    """The trial's files, opened (and locked) for writing, with every value the run works with."""
+    params = {**config.as_json(recipe), **config.as_json(plan), **config.as_json(runtime),
+              "recipe_keys": list(config.RECIPE_KEYS)}
+    trial = store.open_trial(runtime.logroot, runtime.experimentname, params, resume_id, global_step)
+    if resume_id is not None:
+        trial.discard_checkpoint_after(start_epoch, "best.pt")
+    print(f"trial {trial.trial_id} in {trial.dir}: {recipe.optimizer} {recipe.arch}(width {recipe.width}) on "
+          f"{recipe.dataset}, batch {recipe.batch_size} = {plan.world_size} rank(s) x "
+          f"{plan.micro_batches_per_step} micro-batch(es) of {plan.micro_batch}, lr {recipe.lr} scaled to "
+          f"{plan.scaled_lr:.6g} ({recipe.lr_scaling}), {plan.steps_per_epoch} steps/epoch, "
+          f"{'resuming after epoch ' + str(start_epoch) if start_epoch else 'from scratch'}, device {device}",
+          flush=True)
+    return trial
+
+
+def print_epoch(row, epochs):
+    print(f"epoch {row['epoch']:>3}/{epochs}  last lr {row['learning_rate']:.4g}  train loss {row['train_loss']:.4f} "
+          f"acc {row['train_top1']:.2f}%  test loss {row['test_loss']:.4f} acc {row['test_top1']:.2f}% "
+          f"(top-5 {row['test_top5']:.2f}%)  {row['epoch_seconds']:.1f}s  {row['images_per_s']:.0f} img/s", flush=True)
+
+
+def _save_checkpoints(trial, parts, recipe, runtime, done, last_epoch, global_step, best_top1, improved):
+    """last.pt every --checkpoint_every epochs and at the run's last epoch; best.pt when test top-1 improved."""
+    last_due = done % runtime.checkpoint_every == 0 or done == last_epoch
+    if not (last_due or improved):
+        return
+    state = checkpoint_state(parts, recipe, done, global_step, best_top1, done == recipe.epochs)
+    if last_due:
+        trial.save_checkpoint(state, "last.pt")
+    if improved:  # the same bytes as last.pt when both are due: a link, not a second write
+        trial.save_checkpoint(state, "best.pt", same_as="last.pt" if last_due else None)
 
 
 def check_finite(loss, epoch, global_step, lr):
