@@ -3,7 +3,7 @@
 # time: the sweep skips finished trials and resumes unfinished ones (from scratch on a fresh machine, since
 # checkpoints are not committed). Seed 1 of every arm first, so that an interrupted study already covers every
 # comparison once; then the remaining seeds. Results go to results/cpu_study/EXPERIMENT/.
-#   bash configs/cpu_study/run_study.sh            # from the repository root; about 6 h on 2 cores
+#   bash configs/cpu_study/run_study.sh            # from the repository root; about 6-7 h on 2 cores
 # Two trials at a time with one thread each: 7-11 % more images/s than one trial with two threads here.
 #   bash configs/cpu_study/run_study.sh --commit   # also commit results/cpu_study every 10 minutes
 set -uo pipefail
