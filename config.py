@@ -73,7 +73,8 @@ class Recipe:
     trust_clip: bool = _opt(False, "LARS: clip the trust ratio at 1 (LARC)")
     zero_norm_trust: str = _opt("one", "LARS trust ratio when a norm is 0: one, or the bare formula as the seed "
                                        "(0 for zero weights, so BN biases never move)", choices=("one", "formula"))
-    exclude_bn_bias: bool = _opt(False, "no weight decay and no LARS adaptation for BatchNorm weights and biases")
+    exclude_bn_bias: bool = _opt(False, "no weight decay and no LARS adaptation for every tensor with ndim <= 1 "
+                                        "(BatchNorm weights, all biases)")
     label_smoothing: float = _opt(0.0, "label smoothing", low=0, high=1, high_open=True)
     # batches
     batch_size: int = _opt(128, "effective batch: samples per optimizer step", low=1)

@@ -257,14 +257,26 @@ class Trial:
         """Remove checkpoint `name` if it holds a later epoch than `epoch`: a trial resumed from an older
         last.pt (--checkpoint_every > 1) drops the rows after it, and must not keep a best.pt from them."""
         path = os.path.join(self.dir, name)
-        if os.path.exists(path) and load_checkpoint(path)["epoch"] > epoch:
-            os.remove(path)
+        if not os.path.exists(path):
+            return
+        try:
+            stale = load_checkpoint(path)["epoch"] > epoch
+        except CheckpointError:  # cut short by a kill while it was written: no better than a stale one
+            stale = True
+        if stale:
+            try:
+                os.remove(path)
+            except OSError as e:
+                raise _io_error(path, e) from None
 
     def close(self, finished):
         """Write the final parameter file (`finished` marks a run that completed all its epochs), unlock."""
         try:
             self.params.update(finished=bool(finished), end_time=datetime.datetime.now().isoformat())
-            self._results.close()
+            try:
+                self._results.close()
+            except OSError as e:
+                raise _io_error(self._results_path, e) from None
             _write_json(_params_path(self.logroot, self.experimentname, self.trial_id), self.params)
         finally:
             self._lock_file.close()
@@ -281,7 +293,10 @@ def new_trial_id():
 
 def _lock(path, trial_id):
     """An OS-level lock: released by the kernel when the process dies, so a crash never leaves it stuck."""
-    handle = open(path, "a")
+    try:
+        handle = open(path, "a")
+    except OSError as e:
+        raise _io_error(path, e) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -289,7 +304,7 @@ def _lock(path, trial_id):
         if e.errno in (errno.EAGAIN, errno.EACCES):
             raise StoreError(f"trial {trial_id} is being written by another process (lock {path}); "
                              f"wait for it to finish or stop it first") from None
-        raise
+        raise _io_error(path, e) from None
     return handle
 
 
@@ -338,14 +353,16 @@ def open_trial(logroot, experimentname, params, resume_id=None, keep_until_step=
             write_atomically(results_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
         _write_json(_params_path(logroot, experimentname, trial_id), params)
         results_file = open(results_path, "a")
-    except (OSError, StoreError) as e:
+    except BaseException as e:
         lock_file.close()
         if resume_id is None:
             for path in (results_path, _params_path(logroot, experimentname, trial_id),
                          os.path.join(folder, LOCK_NAME)):
                 _remove_quietly(path)
             _undo(created)
-        raise e if isinstance(e, StoreError) else _io_error(results_path, e) from None
+        if isinstance(e, OSError):
+            raise _io_error(results_path, e) from None
+        raise
     return Trial(logroot, experimentname, trial_id, params, lock_file, results_file)
 
 

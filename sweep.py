@@ -196,7 +196,10 @@ def run(config_path, recipe, runtime, given):
             label = entries[i][0]
             print(f"[{i + 1}/{len(entries)}] {label}: " + (f"resuming trial {job[2]}" if job[2] else "new trial"),
                   flush=True)
-            results[i] = _run_one(*job)
+            try:
+                results[i] = _run_one(*job)
+            except Exception as e:  # not one of the trial errors (a bug, a torch error): the others still run
+                results[i] = _failure(job, e)
     failures = []
     for i, result in results.items():
         summaries[i] = result
@@ -221,22 +224,29 @@ def _report(entries, summaries):
 
 
 def _run_parallel(jobs, workers):
-    """Up to `workers` trials at once, each in a fresh process (spawned: CUDA cannot be forked), on the same
-    device. The data is fetched here first, so that the workers do not download it side by side."""
-    for recipe_json, runtime_json, _ in jobs.values():
-        data.load_cifar(runtime_json["dataroot"], recipe_json["dataset"])
+    """Up to `workers` trials at once on the same device, each in a fresh process of its own (spawned: CUDA
+    cannot be forked), so that a worker that dies (out of memory, killed) fails its own trial only. The data
+    is fetched here first, so that the workers do not download it side by side."""
+    for dataroot, dataset in {(rt["dataroot"], r["dataset"]) for r, rt, _ in jobs.values()}:
+        data.load_cifar(dataroot, dataset)
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                                max_tasks_per_child=1) as pool:
-        futures = {i: pool.submit(_run_one, *job) for i, job in jobs.items()}
-        results = {}
-        for i, future in futures.items():
+
+    def run_in_own_process(job):
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as process:
             try:
-                results[i] = future.result()
-            except Exception as e:  # the worker died (out of memory, killed): the others still count
-                results[i] = {"trial_id": jobs[i][2], "finished": False, "error_type": type(e).__name__,
-                              "error": " ".join(f"{type(e).__name__}: {e}".split())}
-        return results
+                return process.submit(_run_one, *job).result()
+            except Exception as e:
+                return _failure(job, e)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as threads:
+        futures = {i: threads.submit(run_in_own_process, job) for i, job in jobs.items()}
+        return {i: future.result() for i, future in futures.items()}
+
+
+def _failure(job, error):
+    """The summary of a trial stopped by an error that is not one of TRIAL_ERRORS."""
+    return {"trial_id": job[2], "finished": False, "error_type": type(error).__name__,
+            "error": " ".join(f"{type(error).__name__}: {error}".split())}
 
 
 def _ray_trial(ray_config, jobs):

@@ -409,7 +409,11 @@ def _open_trial(recipe, runtime, plan, resume_id, start_epoch, global_step, devi
               "recipe_keys": list(config.RECIPE_KEYS)}
     trial = store.open_trial(runtime.logroot, runtime.experimentname, params, resume_id, global_step)
     if resume_id is not None:
-        trial.discard_checkpoint_after(start_epoch, "best.pt")
+        try:
+            trial.discard_checkpoint_after(start_epoch, "best.pt")
+        except BaseException:
+            trial.close(False)
+            raise
     print(f"trial {trial.trial_id} in {trial.dir}: {recipe.optimizer} {recipe.arch}(width {recipe.width}) on "
           f"{recipe.dataset}, batch {recipe.batch_size} = {plan.world_size} rank(s) x "
           f"{plan.micro_batches_per_step} micro-batch(es) of {plan.micro_batch}, lr {recipe.lr} scaled to "

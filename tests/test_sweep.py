@@ -209,3 +209,21 @@ def test_trials_failing_in_different_ways_are_one_line(dataroot, tmp_path, capsy
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert "2 of 2 trial(s)" in err and "failure of lr 0.1" in err and "failure of lr 0.2" in err
+
+
+def test_an_unexpected_error_in_one_trial_does_not_stop_the_others(dataroot, tmp_path, capsys, monkeypatch):
+    path = write_config(tmp_path / "g.yaml", "batch_size: 50\nlr: [0.1, 0.2]\n")
+    ran = []
+
+    def flaky(recipe, runtime, resume_id=None):
+        ran.append(recipe.lr)
+        if recipe.lr == 0.1:
+            raise RuntimeError("a torch error")
+        return {"trial_id": "x", "finished": True}
+
+    monkeypatch.setattr(trainer, "run_trial", flaky)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["unexpected", "--config", path, *tiny(dataroot, tmp_path)])
+    err = capsys.readouterr().err
+    assert ran == [0.1, 0.2] and exit_info.value.code == 1 and err.count("\n") == 1
+    assert "1 of 2 trial(s)" in err and "RuntimeError: a torch error" in err
