@@ -531,8 +531,8 @@ def fig_setting(key, panels, colours, points, command, note):
     n = len(panels)
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)
-    footer = [f"Final test top-1, mean over seeds; bars: {SPREAD}. One panel per experiment and batch size "
-              f"(and the other settings, where several vary)."]
+    footer = [f"Final test top-1, mean over seeds; bars: {SPREAD}; hollow: includes unfinished trials. One panel "
+              f"per experiment and batch size (and the other settings, where several vary)."]
     fig, axes = _figure(max(3.5, 2.33 * ncols), 2.0 * nrows, _footer(footer, command, note),
                         ncols=ncols, nrows=nrows, squeeze=False)
     for ax in axes.flat[n:]:
@@ -559,7 +559,10 @@ def fig_setting(key, panels, colours, points, command, note):
         colour = colours[exp]
         ys = [q["mean"] for q in ps]
         ax.errorbar(xs, ys, yerr=[[q["mean"] - q["min"] for q in ps], [q["max"] - q["mean"] for q in ps]],
-                    fmt="o-" if numeric else "o", color=colour, markersize=4, capsize=2.5, linewidth=1.2)
+                    fmt="-" if numeric else "none", color=colour, capsize=2.5, linewidth=1.2)
+        for x, q in zip(xs, ps):  # hollow: includes unfinished trials, as in accuracy_vs_batch
+            ax.plot([x], [q["mean"]], "o", color=colour, markersize=4,
+                    markerfacecolor="white" if q["partial"] else colour)
         ax.set_xlabel(key)
         ax.set_ylabel("final test top-1 (%)")
         ax.grid(True, alpha=0.25, linewidth=0.5)
