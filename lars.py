@@ -40,8 +40,8 @@ _PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
 
 # A learning rate: a Python float, or (inside LARS.compile only) a 0-d tensor.
 LearningRate = Union[float, Tensor]
-# Per-tensor factors: one float for all tensors, or one entry per tensor (0-d
-# tensors on the CPU and when compiling, Python floats on accelerators).
+# Per-tensor factors: one float for all tensors, or one tensor per tensor (0-d on
+# the CPU and when compiling, of the tensor's shape on accelerators: _per_tensor).
 Scale = Union[float, Sequence[Tensor], Sequence[float]]
 
 
@@ -470,10 +470,10 @@ def _plan(*, momentum: float, weight_decay: float, momentum_style: str, norm_mod
     and applied as ``s * sign * d'`` (``d = sign * d'``, and ``||d|| = ||d'||``):
     needed for ``norm_mode="update"``, whose trust ratio takes ``||d||``.
 
-    The per-tensor factors stay 0-d tensors on the device on every device: turning
-    them into Python floats would copy them to the host, a sync every step. On
-    CUDA a ``_foreach_*`` op with a list of 0-d factors takes torch's per-tensor
-    route (one launch per tensor); ``LARS.compile()`` fuses them instead.
+    The per-tensor factors stay tensors on the device: turning them into Python
+    floats would copy them to the host, a sync every step.  On an accelerator
+    they are repeated over their tensors' elements so that the ``_foreach_*``
+    ops taking them stay fused (``_per_tensor``).
     Returns (sign, momentum style, materialise d', separate decay term).
     """
     sign = -1.0 if maximize else 1.0
@@ -529,21 +529,23 @@ def _single_tensor_lars(
             scale = lr_value if style == "paper" else 1.0
         if isinstance(scale, Tensor):
             direction_scale = scale * sign if sign != 1.0 else scale
-            decay_scale = scale * weight_decay if separate_decay_term else None
+            # the decay term reuses the direction's factor: (weight_decay * sign) * w * (scale * sign)
+            # rounds as weight_decay * w * scale (the sign flips are exact), and needs no second factor
+            decay_scale, decay_value = direction_scale, weight_decay * sign
         else:
             direction_scale = scale * sign
-            decay_scale = scale * weight_decay
+            decay_scale, decay_value = scale * weight_decay, 1.0
 
         if momentum != 0 and not nesterov:
             buf.mul_(momentum)
             _add_scaled_one_(buf, direction, direction_scale)
             if separate_decay_term:
-                _add_scaled_one_(buf, w, decay_scale)
+                _add_scaled_one_(buf, w, decay_scale, decay_value)
             step = buf
         else:
             step = direction.mul_(direction_scale) if materialize_direction else direction * direction_scale
             if separate_decay_term:
-                _add_scaled_one_(step, w, decay_scale)
+                _add_scaled_one_(step, w, decay_scale, decay_value)
             if momentum != 0:
                 buf.mul_(momentum)
                 buf.add_(step)
@@ -560,20 +562,20 @@ def _single_tensor_lars(
                 buf_stored.copy_(buf)
 
 
-def _add_scaled_one_(target: Tensor, tensor: Tensor, factor: Union[float, Tensor]) -> None:
-    """target += factor * tensor, by the operations ``_add_scaled_`` runs."""
+def _add_scaled_one_(target: Tensor, tensor: Tensor, factor: Union[float, Tensor], value: float = 1.0) -> None:
+    """target += value * tensor * factor, by the operations ``_add_scaled_`` runs (value is 1 for a float factor)."""
     if not isinstance(factor, Tensor):
         target.add_(tensor, alpha=factor)
     else:
-        target.addcmul_(tensor, factor)
+        target.addcmul_(tensor, factor, value=value)
 
 
-def _add_scaled_(targets: List[Tensor], tensors: List[Tensor], factor: Scale) -> None:
-    """targets += factor * tensors, without a temporary."""
+def _add_scaled_(targets: List[Tensor], tensors: List[Tensor], factor: Scale, value: float = 1.0) -> None:
+    """targets += value * tensors * factor, without a temporary (value is 1 for a float factor)."""
     if not isinstance(factor, (list, tuple)):
         torch._foreach_add_(targets, tensors, alpha=factor)
     else:
-        torch._foreach_addcmul_(targets, tensors, factor)
+        torch._foreach_addcmul_(targets, tensors, factor, value=value)
 
 
 def _multi_tensor_lars(
@@ -613,9 +615,6 @@ def _multi_tensor_lars(
     else:
         directions = grads
 
-    def per_tensor(factors: Tensor) -> List[Tensor]:
-        return list(factors.unbind(0))
-
     if lars_adapt:
         norms = torch.stack(_norms([*params, *directions]))
         scales = _trust_ratio(
@@ -624,20 +623,22 @@ def _multi_tensor_lars(
             trust_clip=trust_clip, zero_norm_trust=zero_norm_trust)
         if style == "paper":
             scales = scales * lr_value
-        direction_scale: Scale = per_tensor(scales * sign if sign != 1.0 else scales)
-        decay_scale: Scale = per_tensor(scales * weight_decay) if separate_decay_term else 0.0
+        direction_scale: Scale = _per_tensor(scales * sign if sign != 1.0 else scales, params)
+        # as in the single-tensor path, the decay term reuses the direction's factors
+        decay_scale, decay_value = direction_scale, weight_decay * sign
     elif isinstance(lr_value, Tensor) and style == "paper":  # compiled: lr is a graph input
         direction_scale = [lr_value * sign] * count
-        decay_scale = [lr_value * weight_decay] * count
+        decay_scale, decay_value = direction_scale, weight_decay * sign
     else:
         scale = lr_value if style == "paper" else 1.0
-        direction_scale, decay_scale = scale * sign, scale * weight_decay
+        direction_scale = scale * sign
+        decay_scale, decay_value = scale * weight_decay, 1.0
 
     if momentum != 0 and not nesterov:
         _scale_(momentum_buffer_list, momentum)
         _add_scaled_(momentum_buffer_list, directions, direction_scale)
         if separate_decay_term:
-            _add_scaled_(momentum_buffer_list, params, decay_scale)
+            _add_scaled_(momentum_buffer_list, params, decay_scale, decay_value)
         steps = momentum_buffer_list
     else:
         if materialize_direction:
@@ -646,7 +647,7 @@ def _multi_tensor_lars(
         else:
             steps = torch._foreach_mul(directions, direction_scale)
         if separate_decay_term:
-            _add_scaled_(steps, params, decay_scale)
+            _add_scaled_(steps, params, decay_scale, decay_value)
         if momentum != 0:
             _scale_(momentum_buffer_list, momentum)
             torch._foreach_add_(momentum_buffer_list, steps)
@@ -663,6 +664,66 @@ def _multi_tensor_lars(
         torch._foreach_copy_(stored_params, params)
         if stored_buffers:
             torch._foreach_copy_(stored_buffers, momentum_buffer_list)
+
+
+def _per_tensor(factors: Tensor, like: List[Tensor]) -> List[Tensor]:
+    """``factors[i]`` for each tensor of ``like``, as operands of the ``_foreach_*`` ops.
+
+    On the CPU (and when compiling) these are 0-d views of ``factors``.  On an
+    accelerator a ``_foreach_*`` op with 0-d operands takes torch's per-tensor
+    route, one kernel launch per tensor (its fused route needs operands of equal
+    shapes and strides), so there each factor is repeated over its tensor's
+    elements instead: one ``repeat_interleave`` into a flat buffer, viewed with
+    each tensor's shape and strides, and the ops that take the factors are fused.
+    The operands hold the same values either way, so the results are the same.
+    """
+    if not _expands_factors(factors.device) or torch.compiler.is_compiling():
+        return list(factors.unbind(0))
+    layout = _dense_layout(like, factors.device)
+    if layout is None:  # a tensor that is not dense: no flat buffer can be viewed as it
+        return list(factors.unbind(0))
+    repeats, total, views = layout
+    flat = torch.repeat_interleave(factors, repeats, output_size=total)  # output_size: no host sync
+    return [flat.as_strided(size, stride, offset) for size, stride, offset in views]
+
+
+def _expands_factors(device: torch.device) -> bool:
+    """Whether per-tensor factors are repeated over their tensors' elements (see ``_per_tensor``)."""
+    return device.type != "cpu"
+
+
+# (device, sizes and strides of the tensors) -> (repeats on the device, total numel,
+# (size, stride, offset) of each tensor's view of the flat buffer), or None.
+_DENSE_LAYOUTS: Dict[tuple, Optional[Tuple[Tensor, int, List[tuple]]]] = {}
+
+
+def _dense_layout(tensors: List[Tensor], device: torch.device):
+    key = (device, tuple((t.shape, t.stride()) for t in tensors))
+    if key in _DENSE_LAYOUTS:
+        return _DENSE_LAYOUTS[key]
+    layout = None
+    if all(_is_dense(t) for t in tensors):
+        views, offset = [], 0
+        for t in tensors:
+            views.append((t.shape, t.stride(), offset))
+            offset += t.numel()
+        # built once per layout: the copy of the repeats to the device is the only host sync
+        repeats = torch.tensor([t.numel() for t in tensors], dtype=torch.int64, device=device)
+        layout = (repeats, offset, views)
+    if len(_DENSE_LAYOUTS) >= 64:  # a bound for programs that build many models
+        _DENSE_LAYOUTS.clear()
+    _DENSE_LAYOUTS[key] = layout
+    return layout
+
+
+def _is_dense(t: Tensor) -> bool:
+    """Whether the elements of ``t`` fill ``t.numel()`` consecutive slots of memory (any dim order)."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda d: d[1]):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def _to_float32(tensors: List[Tensor]) -> List[Tensor]:

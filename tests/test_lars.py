@@ -235,6 +235,44 @@ def test_foreach_equals_single_tensor(variant, dtype):
         assert all(torch.equal(x, y) for x, y in zip(ba, bb))
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_factors_repeated_over_elements_give_the_same_bits(monkeypatch, variant, dtype):
+    """The accelerator route (per-tensor factors repeated over each tensor's elements, so that the
+    _foreach ops are fused) forced on the CPU: same bits as the 0-d route, with a channels-last
+    tensor among them; with a tensor that is not dense it falls back to 0-d factors."""
+    import lars as lars_module
+    cfg = {**BASE, **VARIANTS[variant]}
+    shapes = [*SHAPES, (4, 3, 2, 2)]
+    outs = []
+    for expand, dense in ((False, True), (True, True), (False, False), (True, False)):
+        monkeypatch.setattr(lars_module, "_expands_factors", lambda device, e=expand: e)
+        lars_module._DENSE_LAYOUTS.clear()
+        ps0, grads = _make(shapes, dtype=dtype, zero_idx=(3,))
+        ps0[-1] = ps0[-1].contiguous(memory_format=torch.channels_last)
+        for gs in grads:
+            gs[-1] = gs[-1].contiguous(memory_format=torch.channels_last)
+        ps = [p.clone(memory_format=torch.preserve_format) for p in ps0]
+        if not dense:
+            ps[0] = torch.cat([ps[0], ps[0]], dim=-1)[..., ::2]  # strided: no flat view fits it
+        hp = {k: v for k, v in cfg.items() if k != "lars_adapt"}
+        opt = LARS([{"params": [p.requires_grad_() for p in ps], "lars_adapt": cfg["lars_adapt"]}],
+                   lr=LRS[0], foreach=True, **hp)
+        for lr, gs in zip(LRS, grads):
+            opt.param_groups[0]["lr"] = lr
+            for p, g in zip(ps, gs):
+                p.grad = g
+            opt.step()
+        outs.append([p.detach() for p in ps] + [opt.state[p].get("momentum_buffer", torch.zeros(())) for p in ps])
+        layouts = list(lars_module._DENSE_LAYOUTS.values())
+        if expand and cfg["lars_adapt"]:  # the flat route, unless a tensor is not dense (bfloat16
+            # parameters are updated through dense float32 copies)
+            assert layouts and all((layout is not None) == (dense or dtype != torch.float32) for layout in layouts)
+    lars_module._DENSE_LAYOUTS.clear()
+    assert all(torch.equal(a, b) for a, b in zip(outs[0], outs[1]))
+    assert all(torch.equal(a, b) for a, b in zip(outs[2], outs[3]))
+
+
 def test_foreach_none_picks_multi_tensor_on_cpu(monkeypatch):
     import lars as lars_module
     calls = []
