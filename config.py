@@ -347,7 +347,7 @@ class Plan:
     steps_per_epoch: int
     total_steps: int
     scaled_lr: float          # --lr after --lr_scaling: the peak of the schedule
-    warmup_steps: int
+    resolved_warmup_steps: int  # from --warmup_steps, --warmup_fraction or --warmup_epochs
     resolved_lr_gamma: float
     resolved_lr_milestones: typing.Tuple[int, ...]
     micro_batch: int          # samples per forward on one rank (a short last step has fewer)
@@ -389,7 +389,7 @@ def plan(recipe, train_size, world_size=1):
     gamma = r.lr_gamma if r.lr_gamma is not None else (0.98 if r.schedule == "geometric" else 0.1)
     milestones = r.lr_milestones or tuple(sorted({r.epochs // 2, r.epochs * 3 // 4}))
     return Plan(train_size=train_size, world_size=world_size, steps_per_epoch=steps_per_epoch, total_steps=total,
-                scaled_lr=scaled_lr, warmup_steps=warmup, resolved_lr_gamma=gamma,
+                scaled_lr=scaled_lr, resolved_warmup_steps=warmup, resolved_lr_gamma=gamma,
                 resolved_lr_milestones=tuple(milestones), micro_batch=micro, micro_batches_per_step=chunks,
                 bn_batch_size=min(r.ghost_batch_size or micro, micro))
 

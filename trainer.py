@@ -55,7 +55,7 @@ def build_optimizer(model, recipe, lr):
 def build_scheduler(optimizer, recipe, plan):
     return schedulers.make_scheduler(
         optimizer, recipe.schedule, total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch,
-        warmup_steps=plan.warmup_steps, warmup_start_lr=recipe.warmup_start_lr, end_lr=recipe.end_lr,
+        warmup_steps=plan.resolved_warmup_steps, warmup_start_lr=recipe.warmup_start_lr, end_lr=recipe.end_lr,
         power=recipe.poly_power, gamma=plan.resolved_lr_gamma, milestones=plan.resolved_lr_milestones,
         per_epoch=recipe.lr_update == "epoch")
 

@@ -116,7 +116,7 @@ def test_warmup_in_steps_fraction_or_epochs(flags, warmup):
     parser = config.make_parser()
     recipe, _ = config.from_namespace(parser.parse_args(["x", "--epochs", "2", "--batch_size", "50", *flags]))
     config.check(recipe)
-    assert config.plan(recipe, train_size=200).warmup_steps == warmup
+    assert config.plan(recipe, train_size=200).resolved_warmup_steps == warmup
 
 
 @pytest.mark.parametrize("flags, words", [

@@ -48,7 +48,9 @@ def result_files(logroot, experiment):
 @pytest.mark.slow
 def test_grid_interrupted_resumed_then_skipped(dataroot, tmp_path, capsys, monkeypatch):
     # The config says 200 epochs; --epochs 2 on the command line wins for every trial.
-    path = write_config(tmp_path / "grid.yaml", "optimizer: LARS\nepochs: 200\nbatch_size: [50, 100]\nlr: 0.05\n")
+    # warmup_fraction: its resolved step count is logged beside the recipe, not over --warmup_steps
+    path = write_config(tmp_path / "grid.yaml",
+                        "optimizer: LARS\nepochs: 200\nbatch_size: [50, 100]\nlr: 0.05\nwarmup_fraction: 0.25\n")
     logroot = tmp_path / "logs"
     train.main(["grid", "--config", path, *tiny(dataroot, logroot, "--stop_after_epoch", "1")])
     out = capsys.readouterr().out
@@ -86,6 +88,14 @@ def test_grid_interrupted_resumed_then_skipped(dataroot, tmp_path, capsys, monke
     out = capsys.readouterr().out
     assert out.count("already finished: skipped") == 2
     assert result_files(logroot, "grid") == before
+
+
+def test_parameter_file_sections_share_no_key():
+    """A parameter file holds the recipe, the plan and the runtime side by side: a shared key would overwrite
+    a recipe value, and the sweep would no longer recognise the trial (as a plan's warmup_steps once did)."""
+    import dataclasses
+    recipe, plan, runtime = ({f.name for f in dataclasses.fields(c)} for c in (config.Recipe, config.Plan, config.Runtime))
+    assert not recipe & plan and not recipe & runtime and not plan & runtime
 
 
 def test_command_line_overrides_the_config(tmp_path):
