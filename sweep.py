@@ -22,10 +22,12 @@ GPU idle). `--ray` runs them through Ray Tune, one trial per worker with 1 CPU a
 the logroot at the same absolute paths), `--ray local` starts a private Ray instance for the sweep's duration.
 """
 import concurrent.futures
+import ctypes
 import dataclasses
 import itertools
 import multiprocessing
 import os
+import signal
 import sys
 import time
 
@@ -41,6 +43,8 @@ PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
 TRIAL_ERRORS = {cls.__name__: cls for cls in (config.UsageError, store.StoreError, store.CheckpointError,
                                              trainer.Diverged, data.DataError)}
 
+
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent dies
 
 class ConfigError(config.UsageError):
     """A config file that cannot be read or holds a bad key or value; names the file and the key."""
@@ -232,7 +236,8 @@ def _run_parallel(jobs, workers):
     context = multiprocessing.get_context("spawn")
 
     def run_in_own_process(job):
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as process:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_end_with_parent,
+                                                    initargs=(os.getpid(),)) as process:
             try:
                 return process.submit(_run_one, *job).result()
             except Exception as e:
@@ -241,6 +246,17 @@ def _run_parallel(jobs, workers):
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as threads:
         futures = {i: threads.submit(run_in_own_process, job) for i, job in jobs.items()}
         return {i: future.result() for i, future in futures.items()}
+
+
+def _end_with_parent(parent_pid):
+    """In a trial's worker process: be ended (SIGTERM) when the sweep's process dies, on Linux, rather than run
+    on as an orphan that holds its trial's lock; the next run of the sweep resumes the trial from its checkpoint."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl (not Linux): an orphan finishes its trial
+        return
+    if os.getppid() != parent_pid:  # the sweep died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _failure(job, error):

@@ -1,9 +1,15 @@
 """--trials_per_gpu: trials run at once in spawned processes give the results the same grid gives in turn."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 import store
 import train
-from conftest import result_rows, tiny_flags
+from conftest import ROOT, result_rows, tiny_flags
 
 
 def _epoch_results(logroot, experiment):
@@ -28,3 +34,41 @@ def test_two_trials_at_once_match_the_sequential_sweep(tiny_cifar10, tmp_path):
     in_turn, at_once = _epoch_results(logroot, "in_turn"), _epoch_results(logroot, "at_once")
     assert sorted(in_turn) == [1, 2] and all(len(rows) == 2 for rows in in_turn.values())
     assert at_once == in_turn
+
+
+_ORPHAN_SCRIPT = """
+import concurrent.futures, multiprocessing, os, sys, time
+sys.path.insert(0, {root!r})
+import sweep
+if __name__ == "__main__":
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=sweep._end_with_parent, initargs=(os.getpid(),))
+    print(pool.submit(os.getpid).result(), flush=True)  # the worker is up, its initializer has run
+    pool.submit(time.sleep, 300)
+    time.sleep(300)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_a_trial_worker_ends_when_the_sweep_is_killed(tmp_path):
+    """A killed sweep leaves no orphan trial running (and holding its trial's lock)."""
+    script = tmp_path / "sweep_like.py"
+    script.write_text(_ORPHAN_SCRIPT.format(root=ROOT))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker_pid = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _alive(worker_pid):
+        time.sleep(0.2)
+    assert not _alive(worker_pid)
+
+
+def _alive(pid):
+    """Whether pid runs (a zombie waiting to be reaped counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
