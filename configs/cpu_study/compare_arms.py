@@ -21,17 +21,18 @@ MIN_POINTS = 1.0  # a difference must also exceed this many points of top-1
 SPREAD_FACTOR = 2.0  # ... and this multiple of the larger seed-to-seed spread (max - min)
 
 SMALLEST, LARGE = 64, (1024, 2048)
-# (question, arm A, arm B, batch sizes, what A's setting must be (None: best of its grid), same for B)
+# (question, arm A, arm B, batch sizes, what A's setting must be (None: best of its grid), same for B
+#  ("same lr": B's trials at A's lr, the only difference being the arm's own change))
 COMPARISONS = [
     ("large-batch drop of tuned LARS (vs its batch 64)", "cpu_lars_tuned", "cpu_lars_tuned", LARGE, None, None),
     ("the lr alone: seed recipe with its best lr vs as published", "cpu_seed_lr", "cpu_seed", LARGE, None, None),
     ("the recipe: tuned LARS vs the seed recipe", "cpu_lars_tuned", "cpu_seed", (SMALLEST, 256) + LARGE, None, None),
     ("the optimizer: tuned LARS vs Nesterov SGD, same extras", "cpu_lars_tuned", "cpu_sgd_nesterov_tuned",
      (SMALLEST, 256) + LARGE, None, None),
-    ("BatchNorm's batch: ghost BN 32 vs 128 (tuned LARS, centre lr)", "cpu_ghost_bn", "cpu_lars_tuned", (2048,),
-     {"ghost_batch_size": 32}, {"lr": 2.0}),
-    ("BatchNorm's batch: whole micro-batch vs ghost BN 128 (tuned LARS, centre lr)", "cpu_ghost_bn",
-     "cpu_lars_tuned", (2048,), {"ghost_batch_size": 0}, {"lr": 2.0}),
+    ("BatchNorm's batch: ghost BN 32 vs 128 (tuned LARS, same lr)", "cpu_ghost_bn", "cpu_lars_tuned", (2048,),
+     {"ghost_batch_size": 32}, "same lr"),
+    ("BatchNorm's batch: whole micro-batch vs ghost BN 128 (tuned LARS, same lr)", "cpu_ghost_bn",
+     "cpu_lars_tuned", (2048,), {"ghost_batch_size": 0}, "same lr"),
 ]
 
 
@@ -49,7 +50,7 @@ def finished_points(trials):
 
 def pick(points, experiment, batch_size, setting):
     """The point of `experiment` at `batch_size`: the one matching `setting`, or the best mean of its grid.
-    Returns (finals, label) or None when it has no finished trial."""
+    Returns (finals, label, recipe) or None when it has no finished trial."""
     candidates = [(recipe, finals) for recipe, finals in points.get((experiment, batch_size), [])
                   if not setting or all(recipe.get(k) == v for k, v in setting.items())]
     if not candidates:
@@ -57,7 +58,7 @@ def pick(points, experiment, batch_size, setting):
     recipe, finals = max(candidates, key=lambda c: (len(c[1]) >= 2, sum(c[1]) / len(c[1])))
     grid = len(candidates) > 1 and not setting
     label = f"{experiment} lr={recipe.get('lr'):g}" + (" (best of its grid)" if grid else "")
-    return finals, label
+    return finals, label, recipe
 
 
 def stats(finals):
@@ -89,7 +90,10 @@ def compare(trials):
         lines.append(f"## {question}")
         for batch_size in batch_sizes:
             a = pick(points, arm_a, batch_size, setting_a)
-            b = pick(points, arm_b, SMALLEST if arm_a == arm_b else batch_size, setting_b)
+            wanted_b = setting_b
+            if setting_b == "same lr":
+                wanted_b = {"lr": a[2]["lr"]} if a is not None else {}
+            b = pick(points, arm_b, SMALLEST if arm_a == arm_b else batch_size, wanted_b)
             if a is None or b is None:
                 lines.append(f"- batch {batch_size}: not run yet")
                 continue
