@@ -18,8 +18,7 @@ if [ "${1:-}" = --commit ]; then
     trap 'kill $committer; git add results/cpu_study && git commit -q -m "CPU study: results so far" -- results/cpu_study' EXIT
 fi
 for seeds in "--seed 1" ""; do
-    # ghost_bn joins once tuned LARS's lr grid is settled: it runs at that arm's best lr at 2048 (README)
-    for arm in seed lars_tuned sgd_nesterov_tuned seed_lr; do
+    for arm in seed lars_tuned sgd_nesterov_tuned seed_lr ghost_bn; do
         python train.py --config "configs/cpu_study/$arm.yaml" $seeds --dataroot data --logroot results/cpu_study \
             --log_interval 25 --trials_per_gpu 2 "cpu_$arm"
     done
