@@ -46,6 +46,7 @@ TRIAL_ERRORS = {cls.__name__: cls for cls in (config.UsageError, store.StoreErro
 
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent dies
 
+
 class ConfigError(config.UsageError):
     """A config file that cannot be read or holds a bad key or value; names the file and the key."""
 
