@@ -680,3 +680,75 @@ def test_compiled_step_equals_eager_without_recompiles():
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert (model[0].weight - w0).abs().max() > 1e-3  # the compiled step did update
+
+
+def _steps(params, opt, grads_per_step):
+    for grads in grads_per_step:
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
+@pytest.mark.slow
+def test_compiled_configurations_each_run_their_own_graph():
+    # compile() drops Dynamo's guards on hyper-parameters (the optimizer picks the compiled copy of lars by
+    # its static configuration instead): two optimizers with different momentum, compiled in one process,
+    # must not run each other's graph (with one shared code object, momentum 0.5 ran the 0.9 graph: 8e-3 off)
+    torch.manual_seed(0)
+    w0 = [torch.randn(8, 4), torch.randn(8)]
+    grads_per_step = [[torch.randn_like(w) for w in w0] for _ in range(3)]
+    for momentum in (0.9, 0.5):
+        results = []
+        for compiled in (False, True):
+            params = [w.clone().requires_grad_() for w in w0]
+            opt = LARS(params, lr=0.3, momentum=momentum, eta=0.02)
+            if compiled:
+                opt.compile()
+            results.append(_steps(params, opt, grads_per_step))
+        for eager, compiled in zip(*results):
+            torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_compiled_step_recompiles_when_a_tensor_layout_changes():
+    # the tensor guards are kept: a parameter whose strides change (same shape, same configuration) gets a
+    # new graph instead of running the old one's indexing on the new memory layout (its gradient stays
+    # contiguous, so the old graph would pair the wrong elements)
+    torch.manual_seed(1)
+    w0 = torch.randn(6, 5)
+    grads = [torch.randn(6, 5) for _ in range(4)]
+    results = []
+    for compiled in (False, True):
+        p = w0.clone().requires_grad_()
+        opt = LARS([p], lr=0.5, eta=0.05)
+        if compiled:
+            opt.compile()
+        _steps([p], opt, [grads[:1]])
+        with torch.no_grad():  # same values, transposed memory layout
+            p.data = p.data.t().contiguous().t()
+            opt.state[p]["momentum_buffer"] = opt.state[p]["momentum_buffer"].t().contiguous().t()
+        results.append(_steps([p], opt, [[g] for g in grads[1:]]))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-7)
+
+
+def test_compiled_configurations_past_the_limit_run_eagerly(monkeypatch):
+    # a momentum schedule would compile a copy per value: past the limit new configurations run eagerly
+    import lars as lars_module
+    compiled_copies = []
+    monkeypatch.setattr(lars_module, "_MAX_COMPILED_UPDATES", 2)
+    p = torch.ones(3, requires_grad=True)
+    opt = LARS([p], lr=0.1)
+    opt.compile(backend="eager")
+    monkeypatch.setattr(opt, "_compile", lambda fn: compiled_copies.append(fn) or fn)
+    for momentum in (0.9, 0.8, 0.7):
+        opt.param_groups[0]["momentum"] = momentum
+        p.grad = torch.ones(3)
+        if momentum == 0.7:
+            with pytest.warns(UserWarning, match="runs eagerly"):
+                opt.step()
+        else:
+            opt.step()
+    assert len(compiled_copies) == 2 and compiled_copies[0] is not compiled_copies[1]
+    assert compiled_copies[0].__code__ is not lars_module.lars.__code__  # each copy has its own code object
+    assert len(opt._compiled_updates) == 2
