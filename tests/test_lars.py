@@ -739,8 +739,8 @@ def test_compiled_configurations_past_the_limit_run_eagerly(monkeypatch):
     monkeypatch.setattr(lars_module, "_MAX_COMPILED_UPDATES", 2)
     p = torch.ones(3, requires_grad=True)
     opt = LARS([p], lr=0.1)
-    opt.compile(backend="eager")
-    monkeypatch.setattr(opt, "_compile", lambda fn: compiled_copies.append(fn) or fn)
+    opt.compile()
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: compiled_copies.append(fn) or fn)
     for momentum in (0.9, 0.8, 0.7):
         opt.param_groups[0]["momentum"] = momentum
         p.grad = torch.ones(3)
@@ -752,3 +752,21 @@ def test_compiled_configurations_past_the_limit_run_eagerly(monkeypatch):
     assert len(compiled_copies) == 2 and compiled_copies[0] is not compiled_copies[1]
     assert compiled_copies[0].__code__ is not lars_module.lars.__code__  # each copy has its own code object
     assert len(opt._compiled_updates) == 2
+
+
+@pytest.mark.parametrize("user_options,expected", [
+    ({}, {"cpp_wrapper": True, "cpp.threads": 1, "size_asserts": False,
+          "guard_filter_fn": torch.compiler.keep_portable_guards_unsafe}),
+    ({"options": {"cpp_wrapper": False, "guard_filter_fn": None}},
+     {"cpp_wrapper": False, "cpp.threads": 1, "size_asserts": False}),
+])
+def test_compile_options_on_the_cpu(monkeypatch, user_options, expected):
+    # defaults on the CPU (C++ wrapper, one thread for a small group, tensor guards only), overridable
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
+    p = torch.ones(3, requires_grad=True)
+    opt = LARS([p], lr=0.1)
+    opt.compile(**user_options)
+    p.grad = torch.ones(3)
+    opt.step()
+    assert seen == [{"fullgraph": True, "options": expected}]
