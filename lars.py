@@ -22,7 +22,6 @@ guards that the optimizer cannot check more cheaply itself (:meth:`LARS.compile`
 from __future__ import annotations
 
 import numbers
-import types
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -284,7 +283,9 @@ class LARS(Optimizer):
         4M elements (the update is a chain of small loops, and a parallel region
         per loop cost more than it saved at ResNet18 width 16; at width 64 two
         threads were slightly faster).  ``options`` given here override these and
-        the guard filter (``options={"guard_filter_fn": None}`` keeps all guards).
+        the guard filter (``options={"guard_filter_fn": None}`` keeps all guards);
+        with a ``mode``, which torch.compile does not take together with
+        ``options``, none of them applies (all guards).
         """
         self._compile_options = compile_options
         self._compiled_updates = {}
@@ -299,15 +300,18 @@ class LARS(Optimizer):
                               f"(hyper-parameters other than lr, tensors with a gradient); this one runs eagerly")
                 return lars
             compile_options = dict(self._compile_options)
-            options = {"guard_filter_fn": torch.compiler.keep_portable_guards_unsafe, "size_asserts": False}
-            if params[0].device.type == "cpu":
-                options["cpp_wrapper"] = True
-                if sum(p.numel() for p in params) < _SERIAL_COMPILED_NUMEL:
-                    options["cpp.threads"] = 1
-            options.update(compile_options.pop("options", None) or {})
-            if options["guard_filter_fn"] is None:
-                del options["guard_filter_fn"]
-            update = torch.compile(_own_code(lars), fullgraph=True, options=options, **compile_options)
+            if "mode" not in compile_options:  # torch.compile takes a mode or options, not both
+                options = {"guard_filter_fn": torch.compiler.keep_portable_guards_unsafe, "size_asserts": False}
+                if params[0].device.type == "cpu":
+                    options["cpp_wrapper"] = True
+                    if sum(p.numel() for p in params) < _SERIAL_COMPILED_NUMEL:
+                        options["cpp.threads"] = 1
+                options.update(compile_options.get("options") or {})
+                if options["guard_filter_fn"] is None:
+                    del options["guard_filter_fn"]
+                compile_options["options"] = options
+            # isolate_recompiles: this copy's graphs are not seen by the other configurations' copies
+            update = torch.compile(lars, fullgraph=True, isolate_recompiles=True, **compile_options)
             self._compiled_updates[key] = update
         return update
 
@@ -779,18 +783,6 @@ def _is_dense(t: Tensor) -> bool:
             return False
         expected *= size
     return True
-
-
-def _own_code(fn: Callable[..., None]) -> Callable[..., None]:
-    """A copy of ``fn`` with a code object of its own.
-
-    Dynamo keeps its compiled graphs per code object, and with most guards
-    dropped (:meth:`LARS.compile`) two configurations sharing one code object
-    could run each other's graph; each copy holds the graph of one.
-    """
-    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    copy.__kwdefaults__ = fn.__kwdefaults__
-    return copy
 
 
 def _to_float32(tensors: List[Tensor]) -> List[Tensor]:
