@@ -46,8 +46,30 @@ _STATIC_HYPER = ("momentum", "weight_decay", "eta", "eps", "nesterov", "momentum
 _MAX_COMPILED_UPDATES = 8
 # On the CPU, a compiled update of fewer elements runs on one thread (LARS.compile).
 _SERIAL_COMPILED_NUMEL = 1 << 22
+# LARS.compile(): the compiled update per static configuration and options, for all optimizers of the process.
+_COMPILED_UPDATES: Dict[tuple, Callable[..., None]] = {}
 
-# A learning rate: a Python float, or (inside LARS.compile only) a 0-d tensor.
+
+def _kept_guards(guard_entries) -> List[bool]:
+    """The Dynamo guards a compiled update keeps (LARS.compile): tensor metadata, global state and a
+    tensor passed twice (e.g. one gradient tensor shared by two parameters), which the portable set drops."""
+    return [keep or entry.guard_type == "DUPLICATE_INPUT"
+            for keep, entry in zip(torch.compiler.keep_portable_guards_unsafe(guard_entries), guard_entries)]
+
+
+def _frozen(value):
+    """A hashable stand-in for compile options (nested dicts and lists)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+# A learning rate: a Python float, or (inside LARS.compile only) a one-element tensor.
 LearningRate = Union[float, Tensor]
 # Per-tensor factors: one float for all tensors, or one tensor per tensor (0-d on
 # the CPU and when compiling, of the tensor's shape on accelerators: _per_tensor).
@@ -260,59 +282,72 @@ class LARS(Optimizer):
         ``compile_options`` go to ``torch.compile`` (e.g. ``backend``, ``mode``,
         ``options``).  ``step()`` stays the entry point, so schedulers,
         ``GradScaler`` and step hooks work unchanged.  It gathers the tensors in
-        Python, passes each group's ``lr`` as a 0-d tensor (a Python float would
-        be a constant of the graph and recompile whenever a scheduler changes
-        it), and calls a compiled functional :func:`lars`.
+        Python, passes each group's ``lr`` as a one-element tensor (a Python
+        float would be a constant of the graph and recompile whenever a
+        scheduler changes it), and calls a compiled functional :func:`lars`.
 
         Guards are what a compiled function pays on every call: on ResNet18's
         186 tensors Dynamo's full set and Inductor's size asserts cost 0.08-0.12 ms
         per step on this project's 2-core CPU (about 10 % of an SGD step at
         width 16).  So each static configuration (a group's hyper-parameters
-        other than ``lr``, the number of tensors with a gradient, the path) gets
-        its own compiled copy of :func:`lars`, chosen by the optimizer in Python,
-        and Dynamo keeps only the guards on tensor metadata and global state
-        (``torch.compiler.keep_portable_guards_unsafe``, safe here because
-        everything else it would guard is in that choice); Inductor's size
-        asserts, which those guards make redundant, are off.  A change of shape,
-        stride, dtype or device recompiles as usual.  Past 8 configurations
-        (e.g. a momentum schedule), new ones run eagerly, with a warning.
+        other than ``lr``, the number of tensors with a gradient, the path, the
+        device type, the options) gets its own compiled :func:`lars`
+        (``isolate_recompiles=True``: its graphs are its own), chosen in Python
+        and shared by all optimizers of the process, and Dynamo keeps only the
+        guards on tensor metadata, on global state (grad mode, autocast, ...)
+        and on a tensor passed twice (``_kept_guards``); Inductor's size
+        asserts, which the tensor guards make redundant, are off.  A change of
+        shape, stride, dtype, device or aliasing recompiles as usual.  Past 8
+        configurations in one optimizer (e.g. a momentum schedule), new ones run
+        eagerly, with a warning.
 
-        On the CPU two Inductor options are on by default: ``cpp_wrapper`` (the
-        kernel's C++ caller instead of a Python one: less per-call overhead, about
-        25 s more compile time), and ``cpp.threads=1`` for a group of fewer than
-        4M elements (the update is a chain of small loops, and a parallel region
-        per loop cost more than it saved at ResNet18 width 16; at width 64 two
-        threads were slightly faster).  ``options`` given here override these and
-        the guard filter (``options={"guard_filter_fn": None}`` keeps all guards);
-        with a ``mode``, which torch.compile does not take together with
-        ``options``, none of them applies (all guards).
+        With the Inductor backend on the CPU two options are on by default:
+        ``cpp_wrapper`` (the kernel's C++ caller instead of a Python one: less
+        per-call overhead, about 25 s more compile time), and ``cpp.threads=1``
+        for a group of fewer than 4M elements (the update is a chain of small
+        loops, and a parallel region per loop cost more than it saved at ResNet18
+        width 16; at width 64 two threads were slightly faster).  ``options``
+        given here override these and the guard filter
+        (``options={"guard_filter_fn": None}`` keeps all guards); with a
+        ``mode``, which torch.compile does not take together with ``options``,
+        none of them applies (all guards).
         """
         self._compile_options = compile_options
         self._compiled_updates = {}
 
     def _compiled_update(self, group: dict, params: List[Tensor], foreach: bool) -> Callable[..., None]:
         """The compiled :func:`lars` for this group's static configuration (:meth:`compile`)."""
-        key = (len(params), foreach, *(group[name] for name in _STATIC_HYPER))
+        device_type = params[0].device.type
+        serial = device_type == "cpu" and sum(p.numel() for p in params) < _SERIAL_COMPILED_NUMEL
+        key = (len(params), foreach, device_type, serial, *(group[name] for name in _STATIC_HYPER),
+               _frozen(self._compile_options))
         update = self._compiled_updates.get(key)
+        if update is not None:
+            return update
+        if len(self._compiled_updates) >= _MAX_COMPILED_UPDATES:
+            warnings.warn(f"LARS.compile(): more than {_MAX_COMPILED_UPDATES} static configurations "
+                          f"(hyper-parameters other than lr, tensors with a gradient); this one runs eagerly")
+            return lars
+        update = _COMPILED_UPDATES.get(key)
         if update is None:
-            if len(self._compiled_updates) >= _MAX_COMPILED_UPDATES:
-                warnings.warn(f"LARS.compile(): more than {_MAX_COMPILED_UPDATES} static configurations "
-                              f"(hyper-parameters other than lr, tensors with a gradient); this one runs eagerly")
-                return lars
             compile_options = dict(self._compile_options)
             if "mode" not in compile_options:  # torch.compile takes a mode or options, not both
-                options = {"guard_filter_fn": torch.compiler.keep_portable_guards_unsafe, "size_asserts": False}
-                if params[0].device.type == "cpu":
-                    options["cpp_wrapper"] = True
-                    if sum(p.numel() for p in params) < _SERIAL_COMPILED_NUMEL:
-                        options["cpp.threads"] = 1
+                options = {"guard_filter_fn": _kept_guards}
+                if compile_options.get("backend", "inductor") == "inductor":  # other backends get no Inductor keys
+                    options["size_asserts"] = False
+                    if device_type == "cpu":
+                        options["cpp_wrapper"] = True
+                        if serial:
+                            options["cpp.threads"] = 1
                 options.update(compile_options.get("options") or {})
                 if options["guard_filter_fn"] is None:
                     del options["guard_filter_fn"]
                 compile_options["options"] = options
-            # isolate_recompiles: this copy's graphs are not seen by the other configurations' copies
+            # isolate_recompiles: this configuration's graphs are not seen by the other configurations'
             update = torch.compile(lars, fullgraph=True, isolate_recompiles=True, **compile_options)
-            self._compiled_updates[key] = update
+            # shared by the optimizers of the process: Dynamo caps the graphs of one function at 256 in all
+            _COMPILED_UPDATES[key] = update
+        self._compiled_updates[key] = update
         return update
 
     def _init_group(self, group: dict) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:

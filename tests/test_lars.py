@@ -737,6 +737,7 @@ def test_compiled_configurations_past_the_limit_run_eagerly(monkeypatch):
     import lars as lars_module
     compiled_copies = []
     monkeypatch.setattr(lars_module, "_MAX_COMPILED_UPDATES", 2)
+    monkeypatch.setattr(lars_module, "_COMPILED_UPDATES", {})  # the stub's "compiled" updates stay here
     p = torch.ones(3, requires_grad=True)
     opt = LARS([p], lr=0.1)
     opt.compile()
@@ -753,14 +754,16 @@ def test_compiled_configurations_past_the_limit_run_eagerly(monkeypatch):
 
 
 @pytest.mark.parametrize("user_options,expected", [
-    ({}, {"cpp_wrapper": True, "cpp.threads": 1, "size_asserts": False,
-          "guard_filter_fn": torch.compiler.keep_portable_guards_unsafe}),
+    ({}, {"cpp_wrapper": True, "cpp.threads": 1, "size_asserts": False, "guard_filter_fn": "kept"}),
     ({"options": {"cpp_wrapper": False, "guard_filter_fn": None}},
      {"cpp_wrapper": False, "cpp.threads": 1, "size_asserts": False}),
+    ({"backend": "eager"}, {"guard_filter_fn": "kept"}),  # no Inductor options for another backend
     ({"mode": "max-autotune"}, None),  # torch.compile takes a mode or options
 ])
 def test_compile_options_on_the_cpu(monkeypatch, user_options, expected):
-    # defaults on the CPU (C++ wrapper, one thread for a small group, tensor guards only), overridable
+    # defaults on the CPU (C++ wrapper, one thread for a small group, the kept guards), overridable
+    import lars as lars_module
+    monkeypatch.setattr(lars_module, "_COMPILED_UPDATES", {})
     seen = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
     p = torch.ones(3, requires_grad=True)
@@ -768,5 +771,49 @@ def test_compile_options_on_the_cpu(monkeypatch, user_options, expected):
     opt.compile(**user_options)
     p.grad = torch.ones(3)
     opt.step()
-    options = {} if expected is None else {"options": expected}
+    options = {}
+    if expected is not None:
+        options = {"options": {k: lars_module._kept_guards if v == "kept" else v for k, v in expected.items()}}
     assert seen == [{"fullgraph": True, "isolate_recompiles": True, **user_options, **options}]
+
+
+@pytest.mark.slow
+def test_compiled_updates_are_shared_by_optimizers_of_one_configuration():
+    # Dynamo caps the graphs of one function at 256 over all torch.compile calls: optimizers of the same
+    # configuration share one compiled update instead of compiling their own
+    opts = []
+    for _ in range(2):
+        p = torch.ones(4, 3, requires_grad=True)
+        opt = LARS([p], lr=0.1, momentum=0.8)
+        opt.compile()
+        p.grad = torch.ones(4, 3)
+        opt.step()
+        opts.append(opt)
+    assert list(opts[0]._compiled_updates.values()) == list(opts[1]._compiled_updates.values())
+    other = LARS([torch.ones(4, 3, requires_grad=True)], lr=0.1, momentum=0.7)
+    other.compile()
+    other.param_groups[0]["params"][0].grad = torch.ones(4, 3)
+    other.step()
+    assert list(other._compiled_updates.values())[0] is not list(opts[0]._compiled_updates.values())[0]
+
+
+@pytest.mark.slow
+def test_compiled_step_recompiles_when_two_parameters_stop_sharing_a_gradient():
+    # a gradient tensor passed twice is an aliasing Dynamo guards (DUPLICATE_INPUT); the portable guard
+    # set drops it, LARS.compile keeps it: the graph traced with the shared tensor must not run later
+    torch.manual_seed(2)
+    w0 = [torch.randn(5), torch.randn(5)]
+    shared, g0, g1 = torch.randn(5), torch.randn(5), torch.randn(5)
+    results = []
+    for compiled in (False, True):
+        params = [w.clone().requires_grad_() for w in w0]
+        opt = LARS(params, lr=0.5, eta=0.05, weight_decay=0.0)
+        if compiled:
+            opt.compile()
+        params[0].grad = params[1].grad = shared  # one tensor, passed twice
+        opt.step()
+        params[0].grad, params[1].grad = g0, g1
+        opt.step()
+        results.append([p.detach().clone() for p in params])
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
