@@ -711,6 +711,28 @@ def test_compiled_configurations_each_run_their_own_graph():
 
 
 @pytest.mark.slow
+def test_compiled_step_follows_a_hyper_parameter_changed_between_steps():
+    # step() remembers the compiled update last used by a group (and the lr tensor it refills): a momentum
+    # changed on the group must switch to the update compiled for it, and lr must be read at every step
+    torch.manual_seed(2)
+    w0 = [torch.randn(8, 4), torch.randn(8)]
+    grads_per_step = [[torch.randn_like(w) for w in w0] for _ in range(4)]
+    results = []
+    for compiled in (False, True):
+        params = [w.clone().requires_grad_() for w in w0]
+        opt = LARS(params, lr=0.3, momentum=0.9, eta=0.02)
+        if compiled:
+            opt.compile()
+        for step, grads in enumerate(grads_per_step):
+            opt.param_groups[0]["momentum"] = 0.9 if step < 2 else 0.5
+            opt.param_groups[0]["lr"] = 0.3 / (step + 1)
+            _steps(params, opt, [grads])
+        results.append([p.detach().clone() for p in params])
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
 def test_compiled_step_recompiles_when_a_tensor_layout_changes():
     # the tensor guards are kept: a parameter whose strides change (same shape, same configuration) gets a
     # new graph instead of running the old one's indexing on the new memory layout (its gradient stays
