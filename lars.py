@@ -256,7 +256,7 @@ class LARS(Optimizer):
         # LARS.compile(): torch.compile's options (None: eager) and their hashable form, and the compiled
         # update per static configuration
         self._compile_options: Optional[dict] = None
-        self._compile_options_key: tuple = ()
+        self._compile_options_key = _frozen(None)
         self._compiled_updates: Dict[tuple, Callable[..., None]] = {}
         super().__init__(params, defaults)
 
@@ -322,12 +322,12 @@ class LARS(Optimizer):
                          layout: "_GroupLayout") -> Callable[..., None]:
         """The compiled :func:`lars` for this group's static configuration (:meth:`compile`), remembered by
         the group's layout until the configuration changes."""
-        static = (foreach, *(group[name] for name in _STATIC_HYPER))
+        device_type = params[0].device.type  # model.to(device) keeps the parameters, and so the layout
+        static = (foreach, device_type, *(group[name] for name in _STATIC_HYPER))
         if layout.compiled_update is not None and layout.compiled_update[0] == static:
             return layout.compiled_update[1]
-        device_type = params[0].device.type
         serial = device_type == "cpu" and layout.numel < _SERIAL_COMPILED_NUMEL
-        key = (len(params), device_type, serial, *static, self._compile_options_key)
+        key = (len(params), serial, *static, self._compile_options_key)
         update = self._compiled_updates.get(key)
         if update is None and len(self._compiled_updates) >= _MAX_COMPILED_UPDATES:
             warnings.warn(f"LARS.compile(): more than {_MAX_COMPILED_UPDATES} static configurations "
@@ -458,7 +458,8 @@ class _GroupLayout:
         self.factor_vectors = [_FactorVector() for _ in self.buckets]
         self.numel = sum(p.numel() for p in params)
         self.compiled_update: Optional[Tuple[tuple, Callable[..., None]]] = None
-        self.lr_tensor = torch.empty(1, dtype=torch.float64)
+        with torch.inference_mode(False):  # a step under inference_mode must not leave an inference tensor
+            self.lr_tensor = torch.empty(1, dtype=torch.float64, device="cpu")
 
 
 def lars_param_groups(model: torch.nn.Module, weight_decay: float) -> List[dict]:
@@ -543,7 +544,7 @@ def lars(
             _multi_tensor_lars(params, grads, momentum_buffer_list if momentum != 0 else [],
                                factor_vector=factor_vectors[0], **hyper)
         else:
-            for indices, factor_vector in zip(buckets, factor_vectors):
+            for indices, factor_vector in zip(buckets, factor_vectors, strict=True):
                 _multi_tensor_lars([params[i] for i in indices], [grads[i] for i in indices],
                                    [momentum_buffer_list[i] for i in indices] if momentum != 0 else [],
                                    factor_vector=factor_vector, **hyper)
@@ -819,8 +820,9 @@ class _FactorVector:
         vector = self.vector
         if vector is None or vector.shape != ratios.shape or vector.dtype != ratios.dtype \
                 or vector.device != ratios.device:
-            vector = self.vector = torch.empty_like(ratios)
-            self.views = list(vector.unbind(0))
+            with torch.inference_mode(False):  # written again by steps outside inference_mode
+                vector = self.vector = torch.empty_like(ratios)
+                self.views = list(vector.unbind(0))
         if isinstance(factor, float) and factor == 1.0:
             vector.copy_(ratios)
         else:
@@ -918,7 +920,7 @@ def _scale_(tensors: List[Tensor], factor: float) -> None:
         if scalar is None:
             if len(_CPU_SCALARS) >= 64:  # a bound for momentum schedules
                 _CPU_SCALARS.clear()
-            scalar = _CPU_SCALARS[key] = torch.tensor(factor, dtype=tensors[0].dtype)
+            scalar = _CPU_SCALARS[key] = torch.tensor(factor, dtype=tensors[0].dtype, device="cpu")
         torch._foreach_mul_(tensors, scalar)
     else:
         torch._foreach_mul_(tensors, factor)

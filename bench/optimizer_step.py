@@ -7,8 +7,13 @@ compiled by ``LARS.compile()`` with its defaults, and with torch.compile's own
 defaults: all guards, Inductor's Python wrapper and size asserts, all threads),
 at the given widths.  The optimizers share
 the parameter and gradient tensors (each keeps its own momentum buffers), as
-earlier versions of this benchmark did; their steps are interleaved
-round-robin so that drift of a shared machine affects all alike.  Ratios are to
+earlier versions of this benchmark did; their steps are interleaved, one step
+of each per round, so that drift of a shared machine affects all alike.  A
+step's time depends on which step ran before it (after the single-tensor
+path's, which walks all memory and allocates, a step measured up to 0.15x
+slower relative to SGD): by default the order is shuffled every round, so no
+optimizer holds one place; ``--fixed-order`` keeps the order of the table
+(the protocol of earlier versions and of the targets in issue 15).  Ratios are to
 SGD(foreach) in the same run: min over rounds (the quietest step) and median.
 
 A memory-write probe (an in-place ``add_`` on a 2.8 MB tensor; about 0.1 ms on
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -70,7 +76,7 @@ class MinimalLARS(torch.optim.Optimizer):
         torch._foreach_sub_(params, self.buffers)
 
 
-def bench_width(width: int, rounds: int, warmup: int, compiled: bool) -> None:
+def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: bool) -> None:
     params = resnet18_params(width)
     hyper = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
     optimizers = {
@@ -92,8 +98,13 @@ def bench_width(width: int, rounds: int, warmup: int, compiled: bool) -> None:
             optimizers[name] = opt
 
     times = {name: [] for name in optimizers}
+    order = random.Random(width)
+    names = list(optimizers)
     for it in range(warmup + rounds):
-        for name, opt in optimizers.items():
+        if shuffle:
+            order.shuffle(names)
+        for name in names:
+            opt = optimizers[name]
             for group in opt.param_groups:  # a changing lr, as under a scheduler
                 group["lr"] = 0.1 + 1e-3 * (it % 7)
             t0 = time.perf_counter()
@@ -104,7 +115,8 @@ def bench_width(width: int, rounds: int, warmup: int, compiled: bool) -> None:
 
     numel = sum(p.numel() for p in params)
     print(f"\nResNet18 width {width}: {numel:,} params in {len(params)} tensors "
-          f"(rounds={rounds}, warmup={warmup}, threads={torch.get_num_threads()})")
+          f"(rounds={rounds}, warmup={warmup}, threads={torch.get_num_threads()}, "
+          f"{'shuffled' if shuffle else 'fixed'} order)")
     for name, seconds in compile_s.items():
         print(f"{name}: first step (compilation) {seconds:.1f} s")
     base_min, base_med = min(times["SGD foreach"]), statistics.median(times["SGD foreach"])
@@ -122,13 +134,15 @@ def main() -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[16, 64], help="ResNet18 widths")
     ap.add_argument("--no-compile", dest="compiled", action="store_false",
                     help="skip LARS.compile() (about a minute of compilation per width)")
+    ap.add_argument("--fixed-order", dest="shuffle", action="store_false",
+                    help="step the optimizers in the table's order every round (default: shuffled)")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs")
     probes = [probe.memory_write_ms()]
     print(f"memory-write probe before: {probes[0]:.3f} ms (add_ on 2.8 MB; quiet machine ~0.1 ms)")
     for width in args.widths:
-        bench_width(width, args.rounds, args.warmup, args.compiled)
+        bench_width(width, args.rounds, args.warmup, args.compiled, args.shuffle)
         probes.append(probe.memory_write_ms())
         print(f"memory-write probe after width {width}: {probes[-1]:.3f} ms")
     if max(probes) > probe.SLOW_MS:

@@ -626,6 +626,27 @@ def test_changed_params_and_grads_between_steps_use_a_fresh_layout():
     assert all(torch.equal(a, b) for a, b in zip(ref, got))
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_step_under_inference_mode_leaves_no_inference_tensor_behind(monkeypatch, compiled):
+    # the tensors step() keeps between steps (factor vector, lr tensor) are made by the first step of a layout:
+    # under inference_mode they would be inference tensors, which a later normal step may not write
+    import lars as lars_module
+    monkeypatch.setattr(lars_module, "_COMPILED_UPDATES", {})
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)  # the update "compiled" by a stub
+    p, q = torch.randn(4, 3, requires_grad=True), torch.randn(3, requires_grad=True)
+    opt = LARS([p, q], lr=0.1, momentum=0.9)
+    if compiled:
+        opt.compile()
+    p.grad, q.grad = torch.randn_like(p), torch.randn_like(q)
+    opt.step()
+    q.grad = None  # another set of tensors with a gradient: a new layout, first used under inference_mode
+    with torch.inference_mode():
+        opt.step()
+    before = p.detach().clone()
+    opt.step()
+    assert not torch.equal(p.detach(), before)
+
+
 # --------------------------------------------------------------------------- #
 # CUDA: same bits from both paths (skipped without a GPU)
 # --------------------------------------------------------------------------- #
