@@ -31,6 +31,8 @@ def test_the_comparisons_follow_the_rule_on_the_committed_results(tmp_path):
     text = compare_arms.main([STUDY, "--out", str(out)])
     assert out.read_text() == text + "\n"
     assert all(f"## {question}" in text for question, *_ in compare_arms.COMPARISONS)
+    table_rows = [line for line in text.splitlines() if line.startswith("| ") and " steps)" in line]
+    assert [row.split(" | ")[0][2:] for row in table_rows] == [row for row, *_ in compare_arms.MAIN_TABLE]
     # the rule itself, on made-up numbers
     assert "counts" in compare_arms.verdict([80.0, 81.0], [70.0, 70.5])  # 10.25 > 2 x 1.0
     assert "inconclusive" in compare_arms.verdict([80.0, 83.0], [78.0, 78.5])  # 3.25 < 2 x 3.0

@@ -29,6 +29,8 @@ COMPARISONS = [
     ("the recipe: tuned LARS vs the seed recipe", "cpu_lars_tuned", "cpu_seed", (SMALLEST, 256) + LARGE, None, None),
     ("the optimizer: tuned LARS vs Nesterov SGD, same extras", "cpu_lars_tuned", "cpu_sgd_nesterov_tuned",
      (SMALLEST, 256) + LARGE, None, None),
+    ("large-batch drop of Nesterov SGD (vs its batch 64; added in the fifth sitting, not in the design)", "cpu_sgd_nesterov_tuned", "cpu_sgd_nesterov_tuned",
+     LARGE, None, None),
     ("BatchNorm's batch: ghost BN 32 vs 128 (tuned LARS, same lr)", "cpu_ghost_bn", "cpu_lars_tuned", (2048,),
      {"ghost_batch_size": 32}, "same lr"),
     ("BatchNorm's batch: whole micro-batch vs ghost BN 128 (tuned LARS, same lr)", "cpu_ghost_bn",
@@ -36,16 +38,30 @@ COMPARISONS = [
 ]
 
 
+BATCH_SIZES = (SMALLEST, 256) + LARGE
+# The main table: (row, arm, setting); each cell is the arm's point at that batch size, as in the comparisons
+MAIN_TABLE = [
+    ("1 seed recipe", "cpu_seed", None),
+    ("2 seed recipe, only the lr changed", "cpu_seed_lr", None),
+    ("3 tuned LARS (ghost BN 128)", "cpu_lars_tuned", None),
+    ("4 Nesterov SGD, same extras", "cpu_sgd_nesterov_tuned", None),
+    ("5 tuned LARS, ghost BN 32", "cpu_ghost_bn", {"ghost_batch_size": 32}),
+    ("5 tuned LARS, BN over the whole micro-batch", "cpu_ghost_bn", {"ghost_batch_size": 0}),
+]
+
+
 def finished_points(trials):
-    """(experiment, batch size) -> [(recipe, [final top-1 of each finished seed])]."""
+    """(experiment, batch size) -> [(recipe, [final top-1 of each finished seed])], and
+    (experiment, batch size) -> optimizer steps of its finished trials."""
     summarized = [plot_results.summarize(t) for t in trials]
-    groups = {}
+    groups, steps = {}, {}
     for t in summarized:
         if t["finished"] and t["final_top1"] is not None:
             key = plot_results._key(sorted(t["recipe"].items()))
             groups.setdefault((t["experiment"], t["batch_size"]), {}).setdefault(key, (t["recipe"], []))[1].append(
                 t["final_top1"])
-    return {k: list(v.values()) for k, v in groups.items()}
+            steps[(t["experiment"], t["batch_size"])] = t["steps"]
+    return {k: list(v.values()) for k, v in groups.items()}, steps
 
 
 def pick(points, experiment, batch_size, setting):
@@ -79,13 +95,35 @@ def verdict(a, b):
             f"{diff:+.2f} points, {outcome}")
 
 
+def main_table(points, steps):
+    """Markdown lines: one row per arm, one column per batch size, the arm's point (best of its grid)."""
+    lines = ["## Main table", "",
+             "Final test top-1 (%) after 6 epochs, mean ± half the range (seeds, the grid's best lr); "
+             "steps = optimizer steps per trial.", "",
+             "| arm | " + " | ".join(f"batch {b}" for b in BATCH_SIZES) + " |",
+             "| --- |" + " ---: |" * len(BATCH_SIZES)]
+    for row, arm, setting in MAIN_TABLE:
+        cells = []
+        for batch_size in BATCH_SIZES:
+            point = pick(points, arm, batch_size, setting)
+            if point is None:
+                cells.append("—")
+                continue
+            mean, spread = stats(point[0])
+            cells.append(f"{mean:.2f} ± {spread / 2:.2f} (n={len(point[0])}, lr {point[2].get('lr'):g}, "
+                         f"{steps[(arm, batch_size)]} steps)")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def compare(trials):
-    """The comparisons as markdown lines."""
-    points = finished_points(trials)
+    """The main table and the comparisons as markdown lines."""
+    points, steps = finished_points(trials)
     lines = ["# The study's comparisons", "",
              "Final test top-1 (%), mean ± half the range over finished seeds; a difference counts when it exceeds "
              f"{SPREAD_FACTOR:g}× the larger range (max − min) and {MIN_POINTS:g} point. A grid's best is chosen on "
-             "the same test accuracy (a small bias in favour of the gridded arm).", ""]
+             "the same test accuracy (a small bias in favour of the gridded arm).", "",
+             *main_table(points, steps)]
     for question, arm_a, arm_b, batch_sizes, setting_a, setting_b in COMPARISONS:
         lines.append(f"## {question}")
         for batch_size in batch_sizes:
