@@ -333,31 +333,32 @@ class LARS(Optimizer):
             warnings.warn(f"LARS.compile(): more than {_MAX_COMPILED_UPDATES} static configurations "
                           f"(hyper-parameters other than lr, tensors with a gradient); this one runs eagerly")
             update = lars
-        if update is not None:
-            layout.compiled_update = (static, update)
-            return update
-        update = _COMPILED_UPDATES.get(key)
         if update is None:
-            compile_options = dict(self._compile_options)
-            if "mode" not in compile_options:  # torch.compile takes a mode or options, not both
-                options = {"guard_filter_fn": _kept_guards}
-                if compile_options.get("backend", "inductor") == "inductor":  # other backends get no Inductor keys
-                    options["size_asserts"] = False
-                    if device_type == "cpu":
-                        options["cpp_wrapper"] = True
-                        if serial:
-                            options["cpp.threads"] = 1
-                options.update(compile_options.get("options") or {})
-                if options["guard_filter_fn"] is None:
-                    del options["guard_filter_fn"]
-                compile_options["options"] = options
-            # isolate_recompiles: this configuration's graphs are not seen by the other configurations'
-            update = torch.compile(lars, fullgraph=True, isolate_recompiles=True, **compile_options)
-            # shared by the optimizers of the process: Dynamo caps the graphs of one function at 256 in all
-            _COMPILED_UPDATES[key] = update
-        self._compiled_updates[key] = update
+            update = _COMPILED_UPDATES.get(key)
+            if update is None:
+                # shared by the optimizers of the process: Dynamo caps the graphs of one function at 256 in all
+                update = _COMPILED_UPDATES[key] = self._new_compiled_update(device_type, serial)
+            self._compiled_updates[key] = update
         layout.compiled_update = (static, update)
         return update
+
+    def _new_compiled_update(self, device_type: str, serial: bool) -> Callable[..., None]:
+        """``torch.compile(lars)`` with this optimizer's options and LARS.compile()'s defaults."""
+        compile_options = dict(self._compile_options)
+        if "mode" not in compile_options:  # torch.compile takes a mode or options, not both
+            options = {"guard_filter_fn": _kept_guards}
+            if compile_options.get("backend", "inductor") == "inductor":  # other backends get no Inductor keys
+                options["size_asserts"] = False
+                if device_type == "cpu":
+                    options["cpp_wrapper"] = True
+                    if serial:
+                        options["cpp.threads"] = 1
+            options.update(compile_options.get("options") or {})
+            if options["guard_filter_fn"] is None:
+                del options["guard_filter_fn"]
+            compile_options["options"] = options
+        # isolate_recompiles: this configuration's graphs are not seen by the other configurations'
+        return torch.compile(lars, fullgraph=True, isolate_recompiles=True, **compile_options)
 
     def _init_group(self, group: dict) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
         """Params with a grad, their grads and momentum buffers (created as zeros if missing)."""
