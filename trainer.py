@@ -278,7 +278,10 @@ def run_trial(recipe, runtime, resume_id=None):
     recipe = prepare(recipe, runtime)
     rank, world_size, device = init_distributed(runtime.cuda)
     try:
-        return _run(recipe, runtime, resume_id, rank, world_size, device)
+        summary = _run(recipe, runtime, resume_id, rank, world_size, device)
+        if world_size > 1:  # no rank tears gloo down while another still uses it (a rank once aborted in CI)
+            dist.barrier()
+        return summary
     finally:
         if world_size > 1:
             dist.destroy_process_group()
