@@ -44,8 +44,6 @@ _STATIC_HYPER = ("momentum", "weight_decay", "eta", "eps", "nesterov", "momentum
                  "trust_clip", "lars_adapt", "maximize", "zero_norm_trust")
 # Compiled updates per optimizer; further configurations run eagerly (like torch.compile's recompile limit).
 _MAX_COMPILED_UPDATES = 8
-# On the CPU, a compiled update of fewer elements runs on one thread (LARS.compile).
-_SERIAL_COMPILED_NUMEL = 1 << 22
 # LARS.compile(): the compiled update per static configuration and options, for all optimizers of the process.
 _COMPILED_UPDATES: Dict[tuple, Callable[..., None]] = {}
 
@@ -302,16 +300,21 @@ class LARS(Optimizer):
         configurations in one optimizer (e.g. a momentum schedule), new ones run
         eagerly, with a warning.
 
-        With the Inductor backend on the CPU two options are on by default:
-        ``cpp_wrapper`` (the kernel's C++ caller instead of a Python one: less
-        per-call overhead, about 25 s more compile time), and ``cpp.threads=1``
-        for a group of fewer than 4M elements (the update is a chain of small
-        loops, and a parallel region per loop cost more than it saved at ResNet18
-        width 16; at width 64 two threads were slightly faster).  ``options``
-        given here override these and the guard filter
-        (``options={"guard_filter_fn": None}`` keeps all guards); with a
-        ``mode``, which torch.compile does not take together with ``options``,
-        none of them applies (all guards).
+        Shapes are static (``dynamic=False``): with torch.compile's automatic
+        dynamic shapes the second configuration compiled in a process (e.g. the
+        second param group) got a dynamic-shape graph, 1.8-2.2x slower on
+        ResNet18 width 16 (this project's 2-core CPU).  With the Inductor backend
+        on the CPU two options are on by default: ``cpp_wrapper`` (the kernel's
+        C++ caller instead of a Python one: less per-call overhead, about 25 s
+        more compile time), and ``realize_reads_threshold=2``, which makes
+        Inductor compute each tensor's factor (trust ratio times ``lr``) once:
+        with the default (4) it recomputes it, a scalar division, in every vector
+        iteration of the tensor's update loop (the C++ compiler cannot hoist it,
+        as the loop's stores may alias the norms it reads): 0.1 ms of a 0.7 ms
+        step at width 16.  ``dynamic`` and ``options`` given here override these
+        and the guard filter (``options={"guard_filter_fn": None}`` keeps all
+        guards); with a ``mode``, which torch.compile does not take together
+        with ``options``, none of the options applies (all guards).
         """
         self._compile_options = compile_options
         self._compile_options_key = _frozen(compile_options)
@@ -326,8 +329,7 @@ class LARS(Optimizer):
         static = (foreach, device_type, *(group[name] for name in _STATIC_HYPER))
         if layout.compiled_update is not None and layout.compiled_update[0] == static:
             return layout.compiled_update[1]
-        serial = device_type == "cpu" and layout.numel < _SERIAL_COMPILED_NUMEL
-        key = (len(params), serial, *static, self._compile_options_key)
+        key = (len(params), *static, self._compile_options_key)
         update = self._compiled_updates.get(key)
         if update is None and len(self._compiled_updates) >= _MAX_COMPILED_UPDATES:
             warnings.warn(f"LARS.compile(): more than {_MAX_COMPILED_UPDATES} static configurations "
@@ -337,22 +339,21 @@ class LARS(Optimizer):
             update = _COMPILED_UPDATES.get(key)
             if update is None:
                 # shared by the optimizers of the process: Dynamo caps the graphs of one function at 256 in all
-                update = _COMPILED_UPDATES[key] = self._new_compiled_update(device_type, serial)
+                update = _COMPILED_UPDATES[key] = self._new_compiled_update(device_type)
             self._compiled_updates[key] = update
         layout.compiled_update = (static, update)
         return update
 
-    def _new_compiled_update(self, device_type: str, serial: bool) -> Callable[..., None]:
+    def _new_compiled_update(self, device_type: str) -> Callable[..., None]:
         """``torch.compile(lars)`` with this optimizer's options and LARS.compile()'s defaults."""
-        compile_options = dict(self._compile_options)
+        compile_options = {"dynamic": False, **self._compile_options}
         if "mode" not in compile_options:  # torch.compile takes a mode or options, not both
             options = {"guard_filter_fn": _kept_guards}
             if compile_options.get("backend", "inductor") == "inductor":  # other backends get no Inductor keys
                 options["size_asserts"] = False
                 if device_type == "cpu":
                     options["cpp_wrapper"] = True
-                    if serial:
-                        options["cpp.threads"] = 1
+                    options["realize_reads_threshold"] = 2
             options.update(compile_options.get("options") or {})
             if options["guard_filter_fn"] is None:
                 del options["guard_filter_fn"]
@@ -444,11 +445,10 @@ class LARS(Optimizer):
 class _GroupLayout:
     """What :meth:`LARS.step` keeps per param group while the same tensors have a gradient: the tensors
     (the group itself, to detect a reused id), whether the multi-tensor path may run, the device/dtype
-    buckets with a :class:`_FactorVector` each; for :meth:`LARS.compile`, the number of elements, the
-    compiled update last chosen with its static configuration, and the one-element float64 tensor that
+    buckets with a :class:`_FactorVector` each; for :meth:`LARS.compile`, the compiled update last chosen with its static configuration, and the one-element float64 tensor that
     carries ``lr`` into it (refilled each step: 1 us, a new tensor 5-17 us on this project's CPU)."""
 
-    __slots__ = ("group", "params", "multi_allowed", "buckets", "factor_vectors", "numel", "compiled_update",
+    __slots__ = ("group", "params", "multi_allowed", "buckets", "factor_vectors", "compiled_update",
                  "lr_tensor")
 
     def __init__(self, group: dict, params: List[Tensor]) -> None:
@@ -457,7 +457,6 @@ class _GroupLayout:
         self.multi_allowed = _multi_tensor_allowed(params)
         self.buckets = _group_by_device_and_dtype(params)
         self.factor_vectors = [_FactorVector() for _ in self.buckets]
-        self.numel = sum(p.numel() for p in params)
         self.compiled_update: Optional[Tuple[tuple, Callable[..., None]]] = None
         with torch.inference_mode(False):  # a step under inference_mode must not leave an inference tensor
             self.lr_tensor = torch.empty(1, dtype=torch.float64, device="cpu")
@@ -586,11 +585,43 @@ def _norms(tensors: List[Tensor]) -> List[Tensor]:
     """2-norms, by ``_foreach_norm`` in eager mode (both paths: its result for
     one tensor does not depend on the other tensors of the list, while on CUDA
     ``torch.linalg.vector_norm`` sums in another order).  A compiled graph gets
-    ``vector_norm``, which Inductor fuses into its kernels; ``_foreach_norm``
-    would stay a separate library call."""
-    if torch.compiler.is_compiling():
-        return [torch.linalg.vector_norm(t) for t in tensors]
-    return list(torch._foreach_norm(tensors, 2))
+    reductions that Inductor fuses into its kernels (``_foreach_norm`` would stay
+    a separate library call): on the CPU :func:`_unrolled_sum_of_squares` for
+    tensors of at least ``_UNROLLED_NORM_NUMEL`` elements, else ``vector_norm``."""
+    if not torch.compiler.is_compiling():
+        return list(torch._foreach_norm(tensors, 2))
+    return [_unrolled_sum_of_squares(t).sqrt()
+            if t.device.type == "cpu" and t.numel() >= _UNROLLED_NORM_NUMEL
+            else torch.linalg.vector_norm(t) for t in tensors]
+
+
+# A compiled norm on the CPU (_unrolled_sum_of_squares): the elements per row, one vector register of float32
+# (AVX2: 8, measured faster than 16 here), and the size from which it is used.
+_UNROLLED_ROW = 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+_UNROLLED_NORM_NUMEL = 1024
+
+
+def _unrolled_sum_of_squares(t: Tensor) -> Tensor:
+    """The sum of squares of a dense tensor, written for Inductor's C++ backend (compiled code only).
+
+    ``vector_norm`` compiles to one vector accumulator: each step waits for the
+    previous add, so the norm pass ran at ~6e9 floats/s on this project's CPU,
+    where a reduction that keeps several sums in flight reaches the memory's
+    speed.  Here each step of the reduction loads four rows of ``_UNROLLED_ROW``
+    elements and adds their squares in a tree before the one dependent add: the
+    norms of ResNet18 width 16 took 0.09 ms less per step (``bench/optimizer_step.py``).
+    The elements are summed in another order than ``vector_norm``'s.
+    """
+    # in memory order, a view, for channels-last too (a norm does not depend on the order); another layout
+    # is read through its strides (correct, maybe slower)
+    channels_last = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    flat = (t.permute(0, 2, 3, 1) if channels_last else t).reshape(-1)
+    head = t.numel() - t.numel() % (4 * _UNROLLED_ROW)
+    a, b, c, d = (row * row for row in flat[:head].view(-1, 4, _UNROLLED_ROW).unbind(1))
+    total = ((a + b) + (c + d)).sum()
+    if head < t.numel():
+        total = total + flat[head:].square().sum()
+    return total
 
 
 def _plan(*, momentum: float, weight_decay: float, momentum_style: str, norm_mode: str,

@@ -4,7 +4,8 @@ Compares, on the CPU, torch.optim.SGD(momentum=0.9, weight_decay=5e-4,
 foreach=True) with LARS (multi-tensor path, a minimal multi-tensor LARS as the
 floor of any eager implementation, single-tensor path, and the update
 compiled by ``LARS.compile()`` with its defaults, and with torch.compile's own
-defaults: all guards, Inductor's Python wrapper and size asserts, all threads),
+defaults: automatic dynamic shapes, all guards, Inductor's Python wrapper, size asserts and
+store-vs-recompute threshold),
 at the given widths.  The optimizers share
 the parameter and gradient tensors (each keeps its own momentum buffers), as
 earlier versions of this benchmark did; their steps are interleaved, one step
@@ -87,11 +88,11 @@ def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: b
     }
     compile_s = {}
     if compiled:
-        torch_defaults = {"guard_filter_fn": None, "size_asserts": True, "cpp_wrapper": False,
-                          "cpp.threads": torch.get_num_threads()}
+        torch_defaults = {"dynamic": None, "options": {"guard_filter_fn": None, "size_asserts": True,
+                                                       "cpp_wrapper": False, "realize_reads_threshold": 4}}
         for name, options in (("LARS compiled", {}), ("compiled, torch dflt", torch_defaults)):
             opt = LARS(params, foreach=True, **hyper)
-            opt.compile(options=options)
+            opt.compile(**options)
             t0 = time.perf_counter()
             opt.step()  # compiles
             compile_s[name] = time.perf_counter() - t0

@@ -797,14 +797,16 @@ def test_compiled_configurations_past_the_limit_run_eagerly(monkeypatch):
 
 
 @pytest.mark.parametrize("user_options,expected", [
-    ({}, {"cpp_wrapper": True, "cpp.threads": 1, "size_asserts": False, "guard_filter_fn": "kept"}),
+    ({}, {"cpp_wrapper": True, "realize_reads_threshold": 2, "size_asserts": False, "guard_filter_fn": "kept"}),
     ({"options": {"cpp_wrapper": False, "guard_filter_fn": None}},
-     {"cpp_wrapper": False, "cpp.threads": 1, "size_asserts": False}),
+     {"cpp_wrapper": False, "realize_reads_threshold": 2, "size_asserts": False}),
+    ({"dynamic": None}, {"cpp_wrapper": True, "realize_reads_threshold": 2, "size_asserts": False,
+                         "guard_filter_fn": "kept"}),
     ({"backend": "eager"}, {"guard_filter_fn": "kept"}),  # no Inductor options for another backend
     ({"mode": "max-autotune"}, None),  # torch.compile takes a mode or options
 ])
 def test_compile_options_on_the_cpu(monkeypatch, user_options, expected):
-    # defaults on the CPU (C++ wrapper, one thread for a small group, the kept guards), overridable
+    # defaults on the CPU (static shapes, C++ wrapper, factors computed once, the kept guards), overridable
     import lars as lars_module
     monkeypatch.setattr(lars_module, "_COMPILED_UPDATES", {})
     seen = []
@@ -817,7 +819,7 @@ def test_compile_options_on_the_cpu(monkeypatch, user_options, expected):
     options = {}
     if expected is not None:
         options = {"options": {k: lars_module._kept_guards if v == "kept" else v for k, v in expected.items()}}
-    assert seen == [{"fullgraph": True, "isolate_recompiles": True, **user_options, **options}]
+    assert seen == [{"fullgraph": True, "isolate_recompiles": True, "dynamic": False, **user_options, **options}]
 
 
 @pytest.mark.slow
@@ -860,3 +862,64 @@ def test_compiled_step_recompiles_when_two_parameters_stop_sharing_a_gradient():
         results.append([p.detach().clone() for p in params])
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.randn(4099),                                            # a tail after the last full row
+    lambda: torch.randn(16, 8, 3, 3).to(memory_format=torch.channels_last),  # dense, not contiguous
+    lambda: torch.randn(64, 33).t(),                                      # dense, transposed
+    lambda: torch.randn(40, 64)[:, ::2],                                  # not dense: a copy, still right
+    lambda: torch.randn(2048, dtype=torch.float64),
+], ids=["tail", "channels_last", "transposed", "strided", "float64"])
+def test_unrolled_sum_of_squares_equals_the_plain_sum(make):
+    import lars as lars_module
+    t = make()
+    expected = t.double().square().sum()
+    torch.testing.assert_close(lars_module._unrolled_sum_of_squares(t).double(), expected, rtol=1e-5, atol=0)
+
+
+@pytest.mark.slow
+def test_compiled_step_with_unrolled_norms_equals_eager():
+    # tensors of >= _UNROLLED_NORM_NUMEL elements get the unrolled norm in the compiled graph (the tests above
+    # use smaller ones): every layout it takes, in one graph, against the eager step (norms summed in
+    # another order: close, not equal)
+    import lars as lars_module
+    torch.manual_seed(3)
+    w0 = [torch.randn(4099), torch.randn(16, 8, 3, 3).to(memory_format=torch.channels_last),
+          torch.randn(64, 33).t(), torch.randn(40, 64)[:, ::2], torch.randn(8)]
+    assert sum(w.numel() >= lars_module._UNROLLED_NORM_NUMEL for w in w0) == 4
+    assert not w0[3].is_contiguous() and not lars_module._is_dense(w0[3])
+    grads_per_step = [[torch.randn_like(w) for w in w0] for _ in range(3)]
+    results = []
+    for compiled in (False, True):
+        # same strides as w (clone would make the strided one contiguous)
+        params = [torch.empty_strided(w.shape, w.stride()).copy_(w).requires_grad_() for w in w0]
+        opt = LARS(params, lr=0.5, eta=0.02, weight_decay=5e-4)
+        if compiled:
+            opt.compile()
+        results.append(_steps(params, opt, grads_per_step))
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dynamic,expect_static", [(False, True), (None, False)], ids=["default", "automatic"])
+def test_compiled_groups_get_static_shapes(dynamic, expect_static):
+    # with torch.compile's automatic dynamic shapes the second configuration traced (here the second param
+    # group: other shapes) got a graph with symbolic sizes, ~2x slower: LARS.compile() makes shapes static
+    import torch._dynamo
+    torch._dynamo.reset()
+    graphs_static = []
+
+    def backend(gm, example_inputs):
+        graphs_static.append(all(isinstance(x, torch.Tensor) and not any(
+            isinstance(size, torch.SymInt) for size in x.shape) for x in example_inputs))
+        return gm.forward
+
+    params = [torch.randn(6, 5, requires_grad=True), torch.randn(7, 3, requires_grad=True)]
+    opt = LARS([{"params": [params[0]]}, {"params": [params[1]]}], lr=0.1)
+    opt.compile(backend=backend, **({} if dynamic is False else {"dynamic": dynamic}))
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert len(graphs_static) == 2 and graphs_static[0]
+    assert graphs_static[1] is expect_static
