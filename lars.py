@@ -609,7 +609,7 @@ def _unrolled_sum_of_squares(t: Tensor) -> Tensor:
     where a reduction that keeps several sums in flight reaches the memory's
     speed.  Here each step of the reduction loads four rows of ``_UNROLLED_ROW``
     elements and adds their squares in a tree before the one dependent add: the
-    norms of ResNet18 width 16 took 0.09 ms less per step (``bench/optimizer_step.py``).
+    norms of ResNet18 width 16 took ~0.1 ms less per step (README, "Benchmarks").
     The elements are summed in another order than ``vector_norm``'s.
     """
     # in memory order, a view, for channels-last too (a norm does not depend on the order); another layout
