@@ -14,7 +14,10 @@ step's time depends on which step ran before it (after the single-tensor
 path's, which walks all memory and allocates, a step measured up to 0.15x
 slower relative to SGD): by default the order is shuffled every round, so no
 optimizer holds one place; ``--fixed-order`` keeps the order of the table
-(the protocol of earlier versions and of the targets in issue 15).  Ratios are to
+(the protocol of earlier versions and of the targets in issue 15).  ``--cold``
+writes a 64 MB buffer before every timed step (untimed), as a training loop's
+forward and backward do: each step then reads its tensors from memory, not
+from the caches another step left warm.  Ratios are to
 SGD(foreach) in the same run: min over rounds (the quietest step) and median.
 
 A memory-write probe (an in-place ``add_`` on a 2.8 MB tensor; about 0.1 ms on
@@ -77,7 +80,7 @@ class MinimalLARS(torch.optim.Optimizer):
         torch._foreach_sub_(params, self.buffers)
 
 
-def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: bool) -> None:
+def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: bool, cold: bool) -> None:
     params = resnet18_params(width)
     hyper = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
     optimizers = {
@@ -99,6 +102,7 @@ def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: b
             optimizers[name] = opt
 
     times = {name: [] for name in optimizers}
+    flush = torch.empty(16 << 20) if cold else None  # 64 MB: more than this CPU's 32 MB L3
     order = random.Random(width)
     names = list(optimizers)
     for it in range(warmup + rounds):
@@ -108,6 +112,8 @@ def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: b
             opt = optimizers[name]
             for group in opt.param_groups:  # a changing lr, as under a scheduler
                 group["lr"] = 0.1 + 1e-3 * (it % 7)
+            if flush is not None:
+                flush.fill_(float(it))
             t0 = time.perf_counter()
             opt.step()
             t1 = time.perf_counter()
@@ -117,7 +123,7 @@ def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: b
     numel = sum(p.numel() for p in params)
     print(f"\nResNet18 width {width}: {numel:,} params in {len(params)} tensors "
           f"(rounds={rounds}, warmup={warmup}, threads={torch.get_num_threads()}, "
-          f"{'shuffled' if shuffle else 'fixed'} order)")
+          f"{'shuffled' if shuffle else 'fixed'} order{', cold caches' if cold else ''})")
     for name, seconds in compile_s.items():
         print(f"{name}: first step (compilation) {seconds:.1f} s")
     base_min, base_med = min(times["SGD foreach"]), statistics.median(times["SGD foreach"])
@@ -137,13 +143,15 @@ def main() -> None:
                     help="skip LARS.compile() (about a minute of compilation per width)")
     ap.add_argument("--fixed-order", dest="shuffle", action="store_false",
                     help="step the optimizers in the table's order every round (default: shuffled)")
+    ap.add_argument("--cold", action="store_true",
+                    help="write a 64 MB buffer before every step (untimed): caches cold, as in a training loop")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs")
     probes = [probe.memory_write_ms()]
     print(f"memory-write probe before: {probes[0]:.3f} ms (add_ on 2.8 MB; quiet machine ~0.1 ms)")
     for width in args.widths:
-        bench_width(width, args.rounds, args.warmup, args.compiled, args.shuffle)
+        bench_width(width, args.rounds, args.warmup, args.compiled, args.shuffle, args.cold)
         probes.append(probe.memory_write_ms())
         print(f"memory-write probe after width {width}: {probes[-1]:.3f} ms")
     if max(probes) > probe.SLOW_MS:
