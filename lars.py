@@ -302,7 +302,7 @@ class LARS(Optimizer):
 
         Shapes are static (``dynamic=False``): with torch.compile's automatic
         dynamic shapes the second configuration compiled in a process (e.g. the
-        second param group) got a dynamic-shape graph, 1.8-2.2x slower on
+        second param group) got a dynamic-shape graph, 1.8-2.9x slower on
         ResNet18 width 16 (this project's 2-core CPU).  With the Inductor backend
         on the CPU two options are on by default: ``cpp_wrapper`` (the kernel's
         C++ caller instead of a Python one: less per-call overhead, about 25 s
