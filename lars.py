@@ -445,8 +445,9 @@ class LARS(Optimizer):
 class _GroupLayout:
     """What :meth:`LARS.step` keeps per param group while the same tensors have a gradient: the tensors
     (the group itself, to detect a reused id), whether the multi-tensor path may run, the device/dtype
-    buckets with a :class:`_FactorVector` each; for :meth:`LARS.compile`, the compiled update last chosen with its static configuration, and the one-element float64 tensor that
-    carries ``lr`` into it (refilled each step: 1 us, a new tensor 5-17 us on this project's CPU)."""
+    buckets with a :class:`_FactorVector` each; for :meth:`LARS.compile`, the compiled update last chosen
+    with its static configuration, and the one-element float64 tensor that carries ``lr`` into it (refilled
+    each step: 1 us, a new tensor 5-17 us on this project's CPU)."""
 
     __slots__ = ("group", "params", "multi_allowed", "buckets", "factor_vectors", "compiled_update",
                  "lr_tensor")
@@ -602,7 +603,7 @@ _UNROLLED_NORM_NUMEL = 1024
 
 
 def _unrolled_sum_of_squares(t: Tensor) -> Tensor:
-    """The sum of squares of a dense tensor, written for Inductor's C++ backend (compiled code only).
+    """The sum of squares of ``t``'s elements, written for Inductor's C++ backend (compiled code only).
 
     ``vector_norm`` compiles to one vector accumulator: each step waits for the
     previous add, so the norm pass ran at ~6e9 floats/s on this project's CPU,
