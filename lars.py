@@ -302,16 +302,16 @@ class LARS(Optimizer):
 
         Shapes are static (``dynamic=False``): with torch.compile's automatic
         dynamic shapes the second configuration compiled in a process (e.g. the
-        second param group) got a dynamic-shape graph, 1.8-2.9x slower on
-        ResNet18 width 16 (this project's 2-core CPU).  With the Inductor backend
+        second param group) got a dynamic-shape graph, ~2x slower on ResNet18
+        width 16 (this project's 2-core CPU; ``bench/compiled_step.py``).  With the Inductor backend
         on the CPU two options are on by default: ``cpp_wrapper`` (the kernel's
         C++ caller instead of a Python one: less per-call overhead, about 25 s
         more compile time), and ``realize_reads_threshold=2``, which makes
         Inductor compute each tensor's factor (trust ratio times ``lr``) once:
         with the default (4) it recomputes it, a scalar division, in every vector
         iteration of the tensor's update loop (the C++ compiler cannot hoist it,
-        as the loop's stores may alias the norms it reads): 0.1 ms of a 0.7 ms
-        step at width 16.  ``dynamic`` and ``options`` given here override these
+        as the loop's stores may alias the norms it reads): 0.05 ms of a 0.6 ms
+        step at width 16 (``bench/compiled_step.py``).  ``dynamic`` and ``options`` given here override these
         and the guard filter (``options={"guard_filter_fn": None}`` keeps all
         guards); with a ``mode``, which torch.compile does not take together
         with ``options``, none of the options applies (all guards).
@@ -609,8 +609,8 @@ def _unrolled_sum_of_squares(t: Tensor) -> Tensor:
     previous add, so the norm pass ran at ~6e9 floats/s on this project's CPU,
     where a reduction that keeps several sums in flight reaches the memory's
     speed.  Here each step of the reduction loads four rows of ``_UNROLLED_ROW``
-    elements and adds their squares in a tree before the one dependent add: the
-    norms of ResNet18 width 16 took ~0.1 ms less per step (README, "Benchmarks").
+    elements and adds their squares in a tree before the one dependent add: a
+    step at width 16 took 0.59 instead of 0.92 ms (``bench/compiled_step.py``).
     The elements are summed in another order than ``vector_norm``'s.
     """
     # in memory order, a view, for channels-last too (a norm does not depend on the order); another layout
