@@ -112,10 +112,10 @@ def _multi_tensor_allowed(params: List[Tensor]) -> bool:
 
     Unlike torch's own optimizers this holds on the CPU too: there the foreach
     kernels loop over the tensors in C++, and the trust ratios of all tensors
-    come from one stacked vector, while single-tensor LARS pays about a dozen
-    small operations per tensor for its trust ratio: it measured 3-7x the step
-    time of SGD(foreach) at ResNet18 width 16 on the CPU (bench/optimizer_step.py),
-    the multi-tensor path 1.2-1.5x.  Tensors on several devices are fine: the
+    come from one stacked vector, while single-tensor LARS pays about two dozen
+    small operations per tensor for its norms and trust ratio: it measured 5-8x the
+    step time of SGD(foreach) at ResNet18 width 16 on the CPU (bench/optimizer_step.py),
+    the multi-tensor path 1.2-1.4x.  Tensors on several devices are fine: the
     path groups them by device and dtype.
     """
     return not torch.jit.is_scripting() and all(
@@ -411,20 +411,20 @@ class LARS(Optimizer):
             _check_lr(lr, f" in param group {index}")  # a scheduler or user may have set it
             layout = self._layout(group, params)
             foreach = layout.multi_allowed if group["foreach"] is None else group["foreach"]
-            buckets, factor_vectors = layout.buckets, layout.factor_vectors
+            buckets, eager_caches = layout.buckets, layout.eager_caches
             update = lars
             if self._compile_options is not None:
                 update = self._compiled_update(group, params, foreach, layout)
                 if update is not lars:  # a 0-d CPU tensor would become a host scalar (.item()) in compiled code
                     lr = layout.lr_tensor.fill_(lr)
-                    factor_vectors = None  # the compiled update keeps its factors inside the kernel
+                    eager_caches = None  # the compiled update keeps its factors and norms inside the kernel
             update(
                 params,
                 grads,
                 momentum_buffers,
                 foreach=foreach,
                 device_dtype_buckets=buckets,
-                factor_vectors=factor_vectors,
+                eager_caches=eager_caches,
                 lr=lr,
                 momentum=group["momentum"],
                 weight_decay=group["weight_decay"],
@@ -445,11 +445,11 @@ class LARS(Optimizer):
 class _GroupLayout:
     """What :meth:`LARS.step` keeps per param group while the same tensors have a gradient: the tensors
     (the group itself, to detect a reused id), whether the multi-tensor path may run, the device/dtype
-    buckets with a :class:`_FactorVector` each; for :meth:`LARS.compile`, the compiled update last chosen
+    buckets with an :class:`_EagerCache` each; for :meth:`LARS.compile`, the compiled update last chosen
     with its static configuration, and the one-element float64 tensor that carries ``lr`` into it (refilled
     each step: 1 us, a new tensor 5-17 us on this project's CPU)."""
 
-    __slots__ = ("group", "params", "multi_allowed", "buckets", "factor_vectors", "compiled_update",
+    __slots__ = ("group", "params", "multi_allowed", "buckets", "eager_caches", "compiled_update",
                  "lr_tensor")
 
     def __init__(self, group: dict, params: List[Tensor]) -> None:
@@ -457,7 +457,7 @@ class _GroupLayout:
         self.params = tuple(params)
         self.multi_allowed = _multi_tensor_allowed(params)
         self.buckets = _group_by_device_and_dtype(params)
-        self.factor_vectors = [_FactorVector() for _ in self.buckets]
+        self.eager_caches = [_EagerCache() for _ in self.buckets]
         self.compiled_update: Optional[Tuple[tuple, Callable[..., None]]] = None
         with torch.inference_mode(False):  # a step under inference_mode must not leave an inference tensor
             self.lr_tensor = torch.empty(1, dtype=torch.float64, device="cpu")
@@ -508,7 +508,7 @@ def lars(
     maximize: bool,
     zero_norm_trust: str = "one",
     device_dtype_buckets: Optional[List[List[int]]] = None,
-    factor_vectors: Optional[List["_FactorVector"]] = None,
+    eager_caches: Optional[List["_EagerCache"]] = None,
 ) -> None:
     """Functional LARS; see :class:`LARS`.
 
@@ -517,8 +517,8 @@ def lars(
     Two optional caches, which the :class:`LARS` class keeps between steps:
     ``device_dtype_buckets``, the indices of ``params`` per (device, dtype), as
     ``_group_by_device_and_dtype`` computes them (None: computed here), and
-    ``factor_vectors``, one :class:`_FactorVector` per bucket (None: new views
-    every call).
+    ``eager_caches``, one :class:`_EagerCache` per bucket (None: new factor
+    views and norm plans every call; the results are the same).
     """
     for g in grads:
         if g.is_sparse:
@@ -539,16 +539,16 @@ def lars(
         buckets = device_dtype_buckets
         if buckets is None:
             buckets = _group_by_device_and_dtype(params)
-        if factor_vectors is None:
-            factor_vectors = [None] * len(buckets)
+        if eager_caches is None:
+            eager_caches = [None] * len(buckets)
         if len(buckets) == 1:
             _multi_tensor_lars(params, grads, momentum_buffer_list if momentum != 0 else [],
-                               factor_vector=factor_vectors[0], **hyper)
+                               eager_cache=eager_caches[0], **hyper)
         else:
-            for indices, factor_vector in zip(buckets, factor_vectors, strict=True):
+            for indices, eager_cache in zip(buckets, eager_caches, strict=True):
                 _multi_tensor_lars([params[i] for i in indices], [grads[i] for i in indices],
                                    [momentum_buffer_list[i] for i in indices] if momentum != 0 else [],
-                                   factor_vector=factor_vector, **hyper)
+                                   eager_cache=eager_cache, **hyper)
     else:
         _single_tensor_lars(params, grads, momentum_buffer_list, **hyper)
 
@@ -582,18 +582,105 @@ def _trust_ratio(w_norm: Tensor, update_norm: Tensor, *, lr: LearningRate, weigh
     return ratio
 
 
-def _norms(tensors: List[Tensor]) -> List[Tensor]:
-    """2-norms, by ``_foreach_norm`` in eager mode (both paths: its result for
-    one tensor does not depend on the other tensors of the list, while on CUDA
+def _norms(tensors: List[Tensor], plan: Optional["_NormPlan"] = None) -> Tensor:
+    """The 2-norms of ``tensors`` (all on one device), as a vector.
+
+    Each tensor's norm does not depend on the other tensors of the list, so the
+    single-tensor path (two tensors at a time) and the multi-tensor path (all
+    at once) get the same bits.  Eager on the CPU by a :class:`_NormPlan`
+    (``plan``, kept between steps by :class:`LARS`, else one per list of sizes);
+    on other devices by one ``_foreach_norm`` (a fused kernel; on CUDA
     ``torch.linalg.vector_norm`` sums in another order).  A compiled graph gets
     reductions that Inductor fuses into its kernels (``_foreach_norm`` would stay
     a separate library call): on the CPU :func:`_unrolled_sum_of_squares` for
     tensors of at least ``_UNROLLED_NORM_NUMEL`` elements, else ``vector_norm``."""
-    if not torch.compiler.is_compiling():
-        return list(torch._foreach_norm(tensors, 2))
-    return [_unrolled_sum_of_squares(t).sqrt()
-            if t.device.type == "cpu" and t.numel() >= _UNROLLED_NORM_NUMEL
-            else torch.linalg.vector_norm(t) for t in tensors]
+    if torch.compiler.is_compiling():
+        return torch.stack([_unrolled_sum_of_squares(t).sqrt()
+                            if t.device.type == "cpu" and t.numel() >= _UNROLLED_NORM_NUMEL
+                            else torch.linalg.vector_norm(t) for t in tensors])
+    if tensors[0].device.type != "cpu" or type(tensors[0]) not in _PLAIN_TENSOR_TYPES:  # e.g. a DTensor
+        return torch.stack(torch._foreach_norm(tensors, 2))
+    return (plan if plan is not None else _NormPlan.for_sizes(tensors)).norms(tensors)
+
+
+# Eager norms on the CPU (_NormPlan): tensors of at least this many elements by BLAS dot, smaller ones by one
+# segmented sum.  Near 1024 elements both cost ~1.5 us a tensor on this project's CPU.
+_DOT_NORM_NUMEL = 1024
+
+
+class _NormPlan:
+    """How the eager CPU path computes the 2-norms of a list of tensors of given sizes.
+
+    ``torch._foreach_norm`` runs one ``vector_norm`` per tensor on the CPU: about
+    1.5 us for a tensor of a few elements (ResNet18 has 82 weights and gradients of
+    BatchNorm layers and biases), and for large tensors one thread and one
+    accumulator, each add waiting for the previous one (~7e9 floats/s).  Here a
+    tensor of at least ``_DOT_NORM_NUMEL`` elements gets a BLAS ``dot`` of its
+    flat view with itself (several accumulators, and threads), and all smaller
+    tensors are concatenated, squared and summed per tensor by one
+    ``index_add_`` (a sequential sum within each tensor, so a tensor's result
+    does not depend on its neighbours; ``dot`` of the same memory with the same
+    threads gives the same bits).  ``bench/eager_norms.py`` times it against one
+    ``_foreach_norm``.  Overflow is as with ``vector_norm``: both sum the squares
+    in the tensor's dtype.
+
+    :class:`LARS` keeps one per device/dtype bucket while the group's tensors
+    stay the same (:class:`_EagerCache`).  A parameter whose size changes under
+    its optimizer (``p.data = ...``) breaks its momentum buffer anyway; here a
+    change of the small tensors' total size is refused by ``index_add_``'s check
+    that the segment ids cover the concatenation.
+    """
+
+    __slots__ = ("count", "large", "small_flat", "small_other", "segment_ids", "order")
+
+    def __init__(self, tensors: List[Tensor]) -> None:
+        numels = [t.numel() for t in tensors]
+        self.count = len(tensors)
+        self.large = [i for i, k in enumerate(numels) if k >= _DOT_NORM_NUMEL]
+        # 1-d tensors go into the concatenation as they are; others need a flat view first
+        self.small_flat = [i for i, k in enumerate(numels) if k < _DOT_NORM_NUMEL and tensors[i].dim() == 1]
+        self.small_other = [i for i, k in enumerate(numels) if k < _DOT_NORM_NUMEL and tensors[i].dim() != 1]
+        small = self.small_flat + self.small_other
+        self.segment_ids = torch.repeat_interleave(
+            torch.arange(len(small)), torch.tensor([numels[i] for i in small], dtype=torch.int64))
+        # the sums come in the order computed; order[i] is where tensors[i]'s is (None: already in order)
+        computed = self.large + small
+        self.order = None
+        if computed != list(range(len(tensors))):
+            self.order = torch.empty(len(tensors), dtype=torch.int64)
+            self.order[computed] = torch.arange(len(tensors))
+
+    @staticmethod
+    def for_sizes(tensors: List[Tensor]) -> "_NormPlan":
+        """A plan for these sizes, made once per process (e.g. the single-tensor path's pairs)."""
+        key = tuple((t.numel(), t.dim() == 1) for t in tensors)
+        plan = _NORM_PLANS.get(key)
+        if plan is None:
+            if len(_NORM_PLANS) >= 256:  # a bound for programs that build many models
+                _NORM_PLANS.clear()
+            with torch.inference_mode(False):  # used again outside inference_mode
+                plan = _NORM_PLANS[key] = _NormPlan(tensors)
+        return plan
+
+    def norms(self, tensors: List[Tensor]) -> Tensor:
+        parts = []
+        if self.large:
+            flats = [tensors[i].reshape(-1) for i in self.large]
+            parts.append(torch.stack([torch.dot(flat, flat) for flat in flats]))
+        if self.small_flat or self.small_other:
+            squares = torch.cat([tensors[i] for i in self.small_flat]
+                                + [tensors[i].reshape(-1) for i in self.small_other])
+            squares.mul_(squares)
+            count = len(self.small_flat) + len(self.small_other)
+            parts.append(squares.new_zeros(count).index_add_(0, self.segment_ids, squares))
+        sums = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if self.order is not None:
+            sums = sums.index_select(0, self.order)
+        return sums.sqrt_()
+
+
+# _NormPlan.for_sizes: (numel, is 1-d) of each tensor -> its plan.
+_NORM_PLANS: Dict[tuple, _NormPlan] = {}
 
 
 # A compiled norm on the CPU (_unrolled_sum_of_squares): the elements per row, one vector register of float32
@@ -683,7 +770,7 @@ def _single_tensor_lars(
         direction = torch.add(g, w, alpha=sign * weight_decay) if materialize_direction else g
 
         if lars_adapt:
-            w_norm, update_norm = _norms([w, direction])
+            w_norm, update_norm = _norms([w, direction]).unbind(0)
             scale: Union[float, Tensor] = _trust_ratio(
                 w_norm, update_norm, lr=lr_value, weight_decay=weight_decay,
                 decay_in_denominator=norm_mode == "paper", eta=eta, eps=eps,
@@ -760,7 +847,7 @@ def _multi_tensor_lars(
     lars_adapt: bool,
     maximize: bool,
     zero_norm_trust: str,
-    factor_vector: Optional["_FactorVector"] = None,
+    eager_cache: Optional["_EagerCache"] = None,
 ) -> None:
     """One device and dtype; every buffer exists (``momentum_buffer_list`` is empty if momentum is 0)."""
     stored_params, stored_buffers = params, momentum_buffer_list
@@ -782,7 +869,9 @@ def _multi_tensor_lars(
         directions = grads
 
     if lars_adapt:
-        norms = torch.stack(_norms([*params, *directions]))
+        tensors = [*params, *directions]
+        norms = _norms(tensors, eager_cache.norm_plan(tensors)
+                       if eager_cache is not None and device.type == "cpu" else None)
         ratios = _trust_ratio(
             norms[:count], norms[count:], lr=lr_value, weight_decay=weight_decay,
             decay_in_denominator=norm_mode == "paper", eta=eta, eps=eps,
@@ -790,7 +879,7 @@ def _multi_tensor_lars(
         # ratio * (lr * sign) rounds as the single-tensor path's (ratio * lr) * sign: the sign flip is exact
         factor = lr_value if style == "paper" else 1.0
         direction_scale: Scale = _per_tensor(ratios, factor * sign if sign != 1.0 else factor, params,
-                                             factor_vector)
+                                             eager_cache)
         # as in the single-tensor path, the decay term reuses the direction's factors
         decay_scale, decay_value = direction_scale, weight_decay * sign
     elif isinstance(lr_value, Tensor) and style == "paper":  # compiled: lr is a graph input
@@ -833,20 +922,30 @@ def _multi_tensor_lars(
             torch._foreach_copy_(stored_buffers, momentum_buffer_list)
 
 
-class _FactorVector:
-    """A vector of per-tensor factors and its 0-d views, kept by :class:`LARS` between steps (CPU, eager).
+class _EagerCache:
+    """What the eager multi-tensor path keeps between steps for one device/dtype bucket on the CPU
+    (:class:`LARS` holds one per bucket, while the group's tensors stay the same).
 
-    The views are the operands of the ``_foreach_*`` ops; writing each step's
-    factors into the same vector replaces an ``unbind`` into new 0-d views, which
-    cost ~40 us per step for ResNet18's 62 tensors on this project's 2-core CPU
-    (about 4 % of an SGD step at width 16).  Empty until first used.
+    A vector of per-tensor factors and its 0-d views: the views are the operands
+    of the ``_foreach_*`` ops, and writing each step's factors into the same
+    vector replaces an ``unbind`` into new 0-d views, which cost ~40 us per step
+    for ResNet18's 62 tensors on this project's 2-core CPU (about 4 % of an SGD
+    step at width 16).  And the :class:`_NormPlan` of the norms' tensors (the
+    weights, then the gradients or update directions).  Empty until first used.
     """
 
-    __slots__ = ("vector", "views")
+    __slots__ = ("vector", "views", "plan")
 
     def __init__(self) -> None:
         self.vector: Optional[Tensor] = None
         self.views: List[Tensor] = []
+        self.plan: Optional[_NormPlan] = None
+
+    def norm_plan(self, tensors: List[Tensor]) -> _NormPlan:
+        if self.plan is None or self.plan.count != len(tensors):
+            with torch.inference_mode(False):  # used again by steps outside inference_mode
+                self.plan = _NormPlan(tensors)
+        return self.plan
 
     def write(self, ratios: Tensor, factor: Union[float, Tensor]) -> List[Tensor]:
         """Views of ``ratios * factor`` (``ratios`` itself if factor is the float 1)."""
@@ -864,11 +963,11 @@ class _FactorVector:
 
 
 def _per_tensor(ratios: Tensor, factor: Union[float, Tensor], like: List[Tensor],
-                factor_vector: Optional[_FactorVector] = None) -> List[Tensor]:
+                eager_cache: Optional[_EagerCache] = None) -> List[Tensor]:
     """``ratios[i] * factor`` for each tensor of ``like``, as operands of the ``_foreach_*`` ops.
 
     On the CPU (and when compiling) these are 0-d views of one vector: with a
-    ``factor_vector`` (CPU, eager), of the same vector every step.  On an
+    ``eager_cache`` (CPU, eager), of the same vector every step.  On an
     accelerator a ``_foreach_*`` op with 0-d operands takes torch's per-tensor
     route, one kernel launch per tensor (its fused route needs operands of equal
     shapes and strides), so there each factor is repeated over its tensor's
@@ -877,8 +976,8 @@ def _per_tensor(ratios: Tensor, factor: Union[float, Tensor], like: List[Tensor]
     The operands hold the same values either way, so the results are the same.
     """
     compiling = torch.compiler.is_compiling()
-    if factor_vector is not None and not compiling and not _expands_factors(ratios.device):
-        return factor_vector.write(ratios, factor)
+    if eager_cache is not None and not compiling and not _expands_factors(ratios.device):
+        return eager_cache.write(ratios, factor)
     factors = ratios if isinstance(factor, float) and factor == 1.0 else ratios * factor
     if not _expands_factors(factors.device) or compiling:
         return list(factors.unbind(0))

@@ -113,7 +113,7 @@ VARIANTS = {
                                       "momentum_style": "sgd"},
     "formula_nesterov_eps": {"zero_norm_trust": "formula", "nesterov": True, "eps": 1e-3},
 }
-SHAPES = [(4, 3, 3, 3), (4,), (6, 4), (6,), (5,)]
+SHAPES = [(4, 3, 3, 3), (4,), (6, 4), (6,), (5,), (40, 30)]  # 1200 elements: the eager CPU norm by dot
 LRS = [0.5, 0.1, 2.0, 0.05, 1.0]  # changes every step; some below and above lambda
 
 
@@ -876,6 +876,52 @@ def test_unrolled_sum_of_squares_equals_the_plain_sum(make):
     t = make()
     expected = t.double().square().sum()
     torch.testing.assert_close(lars_module._unrolled_sum_of_squares(t).double(), expected, rtol=1e-5, atol=0)
+
+
+def _eager_norm_tensors():
+    """Tensors for the eager CPU norms: both sides of _DOT_NORM_NUMEL, every route of _NormPlan."""
+    import lars as lars_module
+    torch.manual_seed(4)
+    ts = [torch.randn(4099), torch.randn(16, 8, 3, 3).to(memory_format=torch.channels_last),
+          torch.randn(64, 33).t(), torch.randn(40, 64)[:, ::2], torch.randn(8), torch.randn(3, 5),
+          torch.randn(0), torch.zeros(7), torch.randn(1000)[::3], torch.randn(1024)]
+    large = [t.numel() >= lars_module._DOT_NORM_NUMEL for t in ts]
+    assert large == [True, True, True, True, False, False, False, False, False, True]
+    return ts
+
+
+def test_eager_cpu_norms_are_the_norms_in_order():
+    import lars as lars_module
+    ts = _eager_norm_tensors()
+    got = lars_module._norms(ts)
+    expected = torch.stack([t.double().square().sum().sqrt() for t in ts])
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=0)
+    assert got.dtype == torch.float32 and got.shape == (len(ts),)
+    f64 = [t.double() for t in ts]
+    torch.testing.assert_close(lars_module._norms(f64), expected, rtol=1e-13, atol=0)
+
+
+def test_eager_cpu_norm_of_a_tensor_does_not_depend_on_its_list():
+    # the single-tensor path takes the norms two tensors at a time, the multi-tensor path all at once: each
+    # tensor's norm must have the same bits either way (and with a plan kept between steps)
+    import lars as lars_module
+    ts = _eager_norm_tensors()
+    together = lars_module._norms(ts)
+    kept = lars_module._NormPlan(ts)
+    assert torch.equal(lars_module._norms(ts, kept), together)
+    assert torch.equal(lars_module._norms(ts[::-1]), together.flip(0))
+    for i, t in enumerate(ts):
+        assert torch.equal(lars_module._norms([t, ts[-1 - i]])[0], together[i])
+
+
+def test_eager_cpu_norm_plan_refuses_a_changed_size():
+    # a plan is kept while the group's tensors stay the same; a small tensor that changed size in place
+    # (p.data = ...) must not be summed over another tensor's elements
+    import lars as lars_module
+    ts = [torch.randn(5), torch.randn(7)]
+    plan = lars_module._NormPlan(ts)
+    with pytest.raises(RuntimeError):
+        plan.norms([torch.randn(6), torch.randn(7)])
 
 
 @pytest.mark.slow
