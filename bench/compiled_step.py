@@ -5,9 +5,12 @@ in blocks of steps (caches warm), the variants taking turns block by block; repo
 variant's best block and its ratio to SGD(foreach) in the same run.  Variants (each a separately compiled update):
 
 - ``LARS.compile()`` defaults;
+- with the norms stacked into vectors and one vectorised trust ratio, as the eager path computes them (the
+  compiled update of before 2026-11-30's second sitting; ``_COMPILED_PER_TENSOR_FACTORS`` off while it traces);
 - without the unrolled norms (``vector_norm`` for every tensor: ``_UNROLLED_NORM_NUMEL`` raised while it traces);
 - with Inductor's own ``realize_reads_threshold`` (4: the trust ratio recomputed in every vector iteration);
-- without both (the compiled update of before 2026-11-30, less its one-thread option);
+- without both (per-tensor factors as in the defaults; otherwise the compiled update of before 2026-11-30, less
+  its one-thread option);
 - torch.compile's automatic dynamic shapes (``dynamic=None``), compiled after another configuration, as a
   trainer's second param group is.
 
@@ -36,18 +39,26 @@ from optimizer_step import resnet18_params  # noqa: E402  (bench/optimizer_step.
 HYPER = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
 
 
-def compiled_lars(params, unrolled_norms: bool = True, **compile_options) -> lars_module.LARS:
-    """A LARS whose update is compiled (traced at its first step) under the given choices."""
+# lars.py settings read while tracing, as a variant changes them
+NO_UNROLLED_NORMS = {"_UNROLLED_NORM_NUMEL": float("inf")}
+STACKED_FACTORS = {"_COMPILED_PER_TENSOR_FACTORS": False}
+
+
+def compiled_lars(params, settings: dict = None, **compile_options) -> lars_module.LARS:
+    """A LARS whose update is compiled (traced at its first step) with the given lars.py settings."""
     opt = lars_module.LARS(params, foreach=True, **HYPER)
     opt.compile(**compile_options)
-    saved = lars_module._UNROLLED_NORM_NUMEL, lars_module._COMPILED_UPDATES
-    if not unrolled_norms:
-        lars_module._UNROLLED_NORM_NUMEL = float("inf")
-        lars_module._COMPILED_UPDATES = {}  # not the update another variant compiled with the same options
+    settings = dict(settings or {})
+    if settings:
+        settings["_COMPILED_UPDATES"] = {}  # not the update another variant compiled with the same options
+    saved = {name: getattr(lars_module, name) for name in settings}
+    for name, value in settings.items():
+        setattr(lars_module, name, value)
     try:
-        opt.step()  # traces and compiles with the setting above; the graph keeps it
+        opt.step()  # traces and compiles with the settings above; the graph keeps them
     finally:
-        lars_module._UNROLLED_NORM_NUMEL, lars_module._COMPILED_UPDATES = saved
+        for name, value in saved.items():
+            setattr(lars_module, name, value)
     return opt
 
 
@@ -101,12 +112,13 @@ def main() -> None:
     steps = {
         "SGD foreach": torch.optim.SGD(params, foreach=True, **HYPER).step,
         "LARS.compile() defaults": compiled_lars(params).step,
-        "without unrolled norms": compiled_lars(params, unrolled_norms=False).step,
+        "stacked factors": compiled_lars(params, STACKED_FACTORS).step,
+        "without unrolled norms": compiled_lars(params, NO_UNROLLED_NORMS).step,
         "realize_reads_threshold 4": compiled_lars(params, options=torch_default_realize).step,
-        "without both": compiled_lars(params, unrolled_norms=False, options=torch_default_realize).step,
+        "without both": compiled_lars(params, NO_UNROLLED_NORMS, options=torch_default_realize).step,
         "automatic dynamic shapes": dynamic_shapes.step,
     }
-    print(f"compiled 6 updates in {time.perf_counter() - started:.0f} s")
+    print(f"compiled {len(steps)} updates (the variants, and the width-8 one traced first) in {time.perf_counter() - started:.0f} s")
     best = best_of_blocks(steps, args.blocks, args.per_block)
     base = best["SGD foreach"]
     print(f"{'step':<28}{'best ms':>9}{'/SGD':>7}")

@@ -732,6 +732,31 @@ def test_compiled_configurations_each_run_their_own_graph():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("variant", ["trust_clip_sgd_eps", "norm_update_maximize", "formula_update_trust_clip_sgd",
+                                     "nesterov_paper"])
+def test_compiled_step_equals_eager_in_variants(variant):
+    # the compiled update computes each tensor's factor from its own norms (the eager path stacks them): the
+    # variants whose factor differs (clipping by the lr tensor, the sign, the update norm, no zero-norm case),
+    # with a zero weight among the tensors and the lr changing every step
+    cfg = {**BASE, **VARIANTS[variant]}
+    hp = {k: v for k, v in cfg.items() if k != "lars_adapt"}
+    ps0, grads = _make(SHAPES, dtype=torch.float32, zero_idx=(3,))
+    results = []
+    for compiled in (False, True):
+        params = [p.clone().requires_grad_() for p in ps0]
+        opt = LARS(params, lr=LRS[0], **hp)
+        if compiled:
+            opt.compile()
+        for lr, gs in zip(LRS, grads):
+            opt.param_groups[0]["lr"] = lr
+            _steps(params, opt, [gs])
+        results.append([p.detach().clone() for p in params])
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(results[1][0], ps0[0])  # it moved
+
+
+@pytest.mark.slow
 def test_compiled_step_follows_a_hyper_parameter_changed_between_steps():
     # step() remembers the compiled update last used by a group (and the lr tensor it refills): a momentum
     # changed on the group must switch to the update compiled for it, and lr must be read at every step
