@@ -2,19 +2,24 @@
 
 Compares, on the CPU, torch.optim.SGD(momentum=0.9, weight_decay=5e-4,
 foreach=True) with LARS (multi-tensor path, a minimal multi-tensor LARS as the
-floor of any eager implementation, single-tensor path, and the update
+floor of an eager implementation built on ``_foreach_norm``, the update
 compiled by ``LARS.compile()`` with its defaults, and with torch.compile's own
 defaults: automatic dynamic shapes, all guards, Inductor's Python wrapper, size asserts and
-store-vs-recompute threshold),
-at the given widths.  The optimizers share
-the parameter and gradient tensors (each keeps its own momentum buffers), as
-earlier versions of this benchmark did; their steps are interleaved, one step
-of each per round, so that drift of a shared machine affects all alike.  A
-step's time depends on which step ran before it (after the single-tensor
-path's, which walks all memory and allocates, a step measured up to 0.15x
-slower relative to SGD): by default the order is shuffled every round, so no
-optimizer holds one place; ``--fixed-order`` keeps the order of the table
-(the protocol of earlier versions and of the targets in issue 15).  ``--cold``
+store-vs-recompute threshold, and the single-tensor path), at the given widths.
+The optimizers share the parameter and gradient tensors (each keeps its own
+momentum buffers), as earlier versions of this benchmark did; their steps are
+interleaved, one step of each per round, so that drift of a shared machine
+affects all alike.  A step's time depends on which step ran before it: by
+default the order is shuffled every round, so no optimizer holds one place;
+``--fixed-order`` keeps the order of the table (the protocol of earlier
+versions and of the targets in issue 15).  The single-tensor path runs in
+rounds of its own (against SGD again): its ~7 ms step is nearly all small
+single-threaded ops, the second core idles, and on this project's 2-core VM
+the step after an idle gap pays to wake it (one-off, 2026-11-30: a compiled
+LARS step 0.72 ms back to back, 1.18 ms after a single-tensor step, 1.79 ms
+after a 7 ms sleep; SGD 0.78, 1.27, 1.80 ms), which in the fixed order, where
+the compiled step followed it, cost that row ~0.15x.  In a training loop the
+step follows the backward pass, both cores busy.  ``--cold``
 writes a 64 MB buffer before every timed step (untimed), as a training loop's
 forward and backward do: each step then reads its tensors from memory, not
 from the caches another step left warm.  Ratios are to
@@ -80,30 +85,10 @@ class MinimalLARS(torch.optim.Optimizer):
         torch._foreach_sub_(params, self.buffers)
 
 
-def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: bool, cold: bool) -> None:
-    params = resnet18_params(width)
-    hyper = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
-    optimizers = {
-        "SGD foreach": torch.optim.SGD(params, foreach=True, **hyper),
-        "LARS foreach": LARS(params, foreach=True, **hyper),
-        "minimal LARS (floor)": MinimalLARS(params, **hyper),
-        "LARS single": LARS(params, foreach=False, **hyper),
-    }
-    compile_s = {}
-    if compiled:
-        torch_defaults = {"dynamic": None, "options": {"guard_filter_fn": None, "size_asserts": True,
-                                                       "cpp_wrapper": False, "realize_reads_threshold": 4}}
-        for name, options in (("LARS compiled", {}), ("compiled, torch dflt", torch_defaults)):
-            opt = LARS(params, foreach=True, **hyper)
-            opt.compile(**options)
-            t0 = time.perf_counter()
-            opt.step()  # compiles
-            compile_s[name] = time.perf_counter() - t0
-            optimizers[name] = opt
-
+def timed_rounds(optimizers: dict, rounds: int, warmup: int, shuffle: bool, flush, seed: int) -> dict:
+    """Seconds of each optimizer's steps, one step of each per round (after ``warmup`` untimed rounds)."""
     times = {name: [] for name in optimizers}
-    flush = torch.empty(16 << 20) if cold else None  # 64 MB: more than this CPU's 32 MB L3
-    order = random.Random(width)
+    order = random.Random(seed)
     names = list(optimizers)
     for it in range(warmup + rounds):
         if shuffle:
@@ -119,6 +104,37 @@ def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: b
             t1 = time.perf_counter()
             if it >= warmup:
                 times[name].append(t1 - t0)
+    return times
+
+
+def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: bool, cold: bool) -> None:
+    params = resnet18_params(width)
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    sgd = torch.optim.SGD(params, foreach=True, **hyper)
+    optimizers = {
+        "SGD foreach": sgd,
+        "LARS foreach": LARS(params, foreach=True, **hyper),
+        "minimal LARS (floor)": MinimalLARS(params, **hyper),
+    }
+    compile_s = {}
+    if compiled:
+        torch_defaults = {"dynamic": None, "options": {"guard_filter_fn": None, "size_asserts": True,
+                                                       "cpp_wrapper": False, "realize_reads_threshold": 4}}
+        for name, options in (("LARS compiled", {}), ("compiled, torch dflt", torch_defaults)):
+            opt = LARS(params, foreach=True, **hyper)
+            opt.compile(**options)
+            t0 = time.perf_counter()
+            opt.step()  # compiles
+            compile_s[name] = time.perf_counter() - t0
+            optimizers[name] = opt
+
+    flush = torch.empty(16 << 20) if cold else None  # 64 MB: more than this CPU's 32 MB L3
+    times = timed_rounds(optimizers, rounds, warmup, shuffle, flush, seed=width)
+    # The single-tensor step (~7 ms at width 16, nearly all of it small single-threaded ops) leaves the second
+    # core idle long enough that the next step pays to wake it: up to ~1 ms more for any step (see the module
+    # docstring).  So it runs in rounds of its own, against SGD again.
+    single_times = timed_rounds({"SGD foreach": sgd, "LARS single": LARS(params, foreach=False, **hyper)},
+                                max(rounds // 3, 1), warmup, shuffle, flush, seed=width)
 
     numel = sum(p.numel() for p in params)
     print(f"\nResNet18 width {width}: {numel:,} params in {len(params)} tensors "
@@ -126,12 +142,14 @@ def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: b
           f"{'shuffled' if shuffle else 'fixed'} order{', cold caches' if cold else ''})")
     for name, seconds in compile_s.items():
         print(f"{name}: first step (compilation) {seconds:.1f} s")
-    base_min, base_med = min(times["SGD foreach"]), statistics.median(times["SGD foreach"])
     print(f"{'optimizer':<22}{'min ms':>9}{'median ms':>11}{'min/SGD':>9}{'median/SGD':>12}")
-    for name, ts in times.items():
-        t_min, t_med = min(ts), statistics.median(ts)
-        print(f"{name:<22}{t_min * 1e3:>9.3f}{t_med * 1e3:>11.3f}{t_min / base_min:>8.2f}x"
-              f"{t_med / base_med:>11.2f}x")
+    for table, names in ((times, list(times)), (single_times, ["LARS single"])):
+        base_min, base_med = min(table["SGD foreach"]), statistics.median(table["SGD foreach"])
+        for name in names:
+            t_min, t_med = min(table[name]), statistics.median(table[name])
+            print(f"{name:<22}{t_min * 1e3:>9.3f}{t_med * 1e3:>11.3f}{t_min / base_min:>8.2f}x"
+                  f"{t_med / base_med:>11.2f}x")
+    print(f"(LARS single: in {len(single_times['SGD foreach'])} rounds of its own, against SGD's steps in them)")
 
 
 def main() -> None:
