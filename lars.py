@@ -687,11 +687,12 @@ def _compiled_norm(t: Tensor) -> Tensor:
             else torch.linalg.vector_norm(t))
 
 
-# A compiled multi-tensor update computes each tensor's factor from that tensor's two norms (0-d operations,
-# which Inductor turns into one scalar computation before the tensor's update loop), instead of stacking all
-# norms into vectors as the eager path does (one vectorised trust ratio is cheaper than 62 scalar ones only
-# eagerly): 0.79x vs 0.84x SGD at ResNet18 width 16 on this project's CPU (bench/compiled_step.py, which sets
-# this to False while tracing its "stacked factors" variant).
+# On the CPU a compiled multi-tensor update computes each tensor's factor from that tensor's two norms (0-d
+# operations, which Inductor turns into one scalar computation before the tensor's update loop), instead of
+# stacking all norms into vectors as the eager path does (one vectorised trust ratio is cheaper than 62 scalar
+# ones only eagerly): 0.79x vs 0.84x SGD at ResNet18 width 16 on this project's CPU (bench/compiled_step.py,
+# which sets this to False while tracing its "stacked factors" variant).  On CUDA, where neither form has been
+# measured (kernels per step), the stacked one stays.
 _COMPILED_PER_TENSOR_FACTORS = True
 
 
@@ -880,7 +881,7 @@ def _multi_tensor_lars(
     else:
         directions = grads
 
-    if lars_adapt and torch.compiler.is_compiling() and _COMPILED_PER_TENSOR_FACTORS:
+    if lars_adapt and torch.compiler.is_compiling() and _COMPILED_PER_TENSOR_FACTORS and device.type == "cpu":
         factor = lr_value if style == "paper" else 1.0
         factor = factor * sign if sign != 1.0 else factor
         direction_scale = [
