@@ -113,7 +113,7 @@ def _multi_tensor_allowed(params: List[Tensor]) -> bool:
     Unlike torch's own optimizers this holds on the CPU too: there the foreach
     kernels loop over the tensors in C++, and the trust ratios of all tensors
     come from one stacked vector, while single-tensor LARS pays about two dozen
-    small operations per tensor for its norms and trust ratio: it measured 5-8x the
+    small operations per tensor for its norms and trust ratio: it measured 4-7x the
     step time of SGD(foreach) at ResNet18 width 16 on the CPU (bench/optimizer_step.py),
     the multi-tensor path 1.2-1.4x.  Tensors on several devices are fine: the
     path groups them by device and dtype.
