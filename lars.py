@@ -601,49 +601,61 @@ def _norms(tensors: List[Tensor], plan: Optional["_NormPlan"] = None) -> Tensor:
     return (plan if plan is not None else _NormPlan.for_sizes(tensors)).norms(tensors)
 
 
-# Eager norms on the CPU (_NormPlan): tensors of at least this many elements by BLAS dot, smaller ones by one
-# segmented sum.  Near 1024 elements both cost ~1.5 us a tensor on this project's CPU.
-_DOT_NORM_NUMEL = 1024
+# Eager norms on the CPU (_NormPlan), by each tensor's size: 1-d tensors under _SEGMENTED_NORM_NUMEL elements by
+# one segmented sum, tensors of at least _DOT_NORM_NUMEL elements by BLAS dot, the others by one _foreach_norm.
+# With dot from 16384 or 32768 elements the weights of a ResNet18 of width 8 took 1.16-1.20x the time of one
+# _foreach_norm (a view, a dot and the joining of the results cost more than the norm of a mid-size tensor);
+# from 65536, 0.86x at width 16 and 0.57x at width 64 (bench/eager_norms.py measures this value).
+_SEGMENTED_NORM_NUMEL = 1024
+_DOT_NORM_NUMEL = 65536
 
 
 class _NormPlan:
     """How the eager CPU path computes the 2-norms of a list of tensors of given sizes.
 
     ``torch._foreach_norm`` runs one ``vector_norm`` per tensor on the CPU: about
-    1.5 us for a tensor of a few elements (at width 16 ResNet18 has 86 weights and
-    gradients under 1024 elements: BatchNorm, biases, the first conv), and for large
-    tensors one thread and one accumulator, each add waiting for the previous one
-    (~7e9 floats/s).  Here a
-    tensor of at least ``_DOT_NORM_NUMEL`` elements gets a BLAS ``dot`` of its
-    flat view with itself (several accumulators, and threads), and all smaller
-    tensors are concatenated, squared and summed per tensor by one
-    ``index_add_`` (a sequential sum within each tensor, so a tensor's result
-    does not depend on its neighbours; ``dot`` of the same memory with the same
-    threads gives the same bits).  ``bench/eager_norms.py`` times it against one
-    ``_foreach_norm``.  Overflow is as with ``vector_norm``: both sum the squares
-    in the tensor's dtype.
+    1.5 us for a tensor of a few elements, and for large tensors one thread and
+    one accumulator, each add waiting for the previous one (~7e9 floats/s).  So
+    each tensor takes one of three routes, by its size alone (a tensor's norm must
+    not depend on its list: the single-tensor path takes them two at a time, the
+    multi-tensor path all at once, and both give the same bits):
+
+    * 1-d tensors of fewer than ``_SEGMENTED_NORM_NUMEL`` elements (BatchNorm
+      weights and biases: 82 of ResNet18's 124 weights and gradients) are
+      concatenated, squared and summed per tensor by one ``index_add_``, a
+      sequential sum within each tensor;
+    * tensors of at least ``_DOT_NORM_NUMEL`` elements get a BLAS ``dot`` of
+      their flat view with themselves (several accumulators, and threads; the
+      same memory with the same threads gives the same bits);
+    * the others go to one ``_foreach_norm``, cheaper for them than a view and a
+      ``dot`` each.
+
+    ``bench/eager_norms.py`` times it against one ``_foreach_norm`` for all, with
+    all of ResNet18's tensors and with the weights that ``lars_param_groups``
+    adapts.  Overflow is as with ``vector_norm``: both sum the squares in the
+    tensor's dtype.
 
     :class:`LARS` keeps one per device/dtype bucket while the group's tensors
     stay the same (:class:`_EagerCache`).  A parameter whose size changes under
     its optimizer (``p.data = ...``) breaks its momentum buffer anyway; here a
-    change of the small tensors' total size is refused by ``index_add_``'s check
-    that the segment ids cover the concatenation.
+    change of the segmented tensors' total size is refused by ``index_add_``'s
+    check that the segment ids cover the concatenation.
     """
 
-    __slots__ = ("count", "large", "small_flat", "small_other", "segment_ids", "order")
+    __slots__ = ("count", "by_dot", "by_segment", "by_foreach", "segment_ids", "order")
 
     def __init__(self, tensors: List[Tensor]) -> None:
         numels = [t.numel() for t in tensors]
         self.count = len(tensors)
-        self.large = [i for i, k in enumerate(numels) if k >= _DOT_NORM_NUMEL]
-        # 1-d tensors go into the concatenation as they are; others need a flat view first
-        self.small_flat = [i for i, k in enumerate(numels) if k < _DOT_NORM_NUMEL and tensors[i].dim() == 1]
-        self.small_other = [i for i, k in enumerate(numels) if k < _DOT_NORM_NUMEL and tensors[i].dim() != 1]
-        small = self.small_flat + self.small_other
+        self.by_dot = [i for i, k in enumerate(numels) if k >= _DOT_NORM_NUMEL]
+        self.by_segment = [i for i, k in enumerate(numels) if k < _SEGMENTED_NORM_NUMEL and tensors[i].dim() == 1]
+        taken = set(self.by_dot + self.by_segment)
+        self.by_foreach = [i for i in range(len(tensors)) if i not in taken]
         self.segment_ids = torch.repeat_interleave(
-            torch.arange(len(small)), torch.tensor([numels[i] for i in small], dtype=torch.int64))
-        # the sums come in the order computed; order[i] is where tensors[i]'s is (None: already in order)
-        computed = self.large + small
+            torch.arange(len(self.by_segment)),
+            torch.tensor([numels[i] for i in self.by_segment], dtype=torch.int64))
+        # the norms come in the order computed; order[i] is where tensors[i]'s is (None: already in order)
+        computed = self.by_dot + self.by_segment + self.by_foreach
         self.order = None
         if computed != list(range(len(tensors))):
             self.order = torch.empty(len(tensors), dtype=torch.int64)
@@ -662,20 +674,23 @@ class _NormPlan:
         return plan
 
     def norms(self, tensors: List[Tensor]) -> Tensor:
+        if len(self.by_foreach) == self.count:
+            return torch.stack(torch._foreach_norm(tensors, 2))
+        squares = []  # sums of squares, by dot and by segment
+        if self.by_dot:
+            flats = [tensors[i].reshape(-1) for i in self.by_dot]
+            squares.append(torch.stack([torch.dot(flat, flat) for flat in flats]))
+        if self.by_segment:
+            values = torch.cat([tensors[i] for i in self.by_segment])
+            values.mul_(values)
+            squares.append(values.new_zeros(len(self.by_segment)).index_add_(0, self.segment_ids, values))
         parts = []
-        if self.large:
-            flats = [tensors[i].reshape(-1) for i in self.large]
-            parts.append(torch.stack([torch.dot(flat, flat) for flat in flats]))
-        if self.small_flat or self.small_other:
-            squares = torch.cat([tensors[i] for i in self.small_flat]
-                                + [tensors[i].reshape(-1) for i in self.small_other])
-            squares.mul_(squares)
-            count = len(self.small_flat) + len(self.small_other)
-            parts.append(squares.new_zeros(count).index_add_(0, self.segment_ids, squares))
-        sums = torch.cat(parts) if len(parts) > 1 else parts[0]
-        if self.order is not None:
-            sums = sums.index_select(0, self.order)
-        return sums.sqrt_()
+        if squares:
+            parts.append((torch.cat(squares) if len(squares) > 1 else squares[0]).sqrt_())
+        if self.by_foreach:
+            parts.append(torch.stack(torch._foreach_norm([tensors[i] for i in self.by_foreach], 2)))
+        norms = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return norms if self.order is None else norms.index_select(0, self.order)
 
 
 # _NormPlan.for_sizes: (numel, is 1-d) of each tensor -> its plan.
