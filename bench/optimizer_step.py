@@ -23,7 +23,9 @@ step follows the backward pass, both cores busy.  ``--cold``
 writes a 64 MB buffer before every timed step (untimed), as a training loop's
 forward and backward do: each step then reads its tensors from memory, not
 from the caches another step left warm.  Ratios are to
-SGD(foreach) in the same run: min over rounds (the quietest step) and median.
+SGD(foreach) in the same run: min over rounds (the quietest step) and median, and
+"paired": the median over rounds of the ratio of the two steps of one round
+(a drift of the machine's state during the run, which moves both, cancels).
 
 A memory-write probe (an in-place ``add_`` on a 2.8 MB tensor; about 0.1 ms on
 a quiet machine) runs before and after each width: when the machine is slowed
@@ -142,13 +144,15 @@ def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: b
           f"{'shuffled' if shuffle else 'fixed'} order{', cold caches' if cold else ''})")
     for name, seconds in compile_s.items():
         print(f"{name}: first step (compilation) {seconds:.1f} s")
-    print(f"{'optimizer':<22}{'min ms':>9}{'median ms':>11}{'min/SGD':>9}{'median/SGD':>12}")
+    print(f"{'optimizer':<22}{'min ms':>9}{'median ms':>11}{'min/SGD':>9}{'median/SGD':>12}{'paired':>9}")
     for table, names in ((times, list(times)), (single_times, ["LARS single"])):
-        base_min, base_med = min(table["SGD foreach"]), statistics.median(table["SGD foreach"])
+        base = table["SGD foreach"]
+        base_min, base_med = min(base), statistics.median(base)
         for name in names:
             t_min, t_med = min(table[name]), statistics.median(table[name])
+            paired = statistics.median(t / b for t, b in zip(table[name], base))
             print(f"{name:<22}{t_min * 1e3:>9.3f}{t_med * 1e3:>11.3f}{t_min / base_min:>8.2f}x"
-                  f"{t_med / base_med:>11.2f}x")
+                  f"{t_med / base_med:>11.2f}x{paired:>8.2f}x")
     print(f"(LARS single: in {len(single_times['SGD foreach'])} rounds of its own, against SGD's steps in them)")
 
 
