@@ -586,8 +586,8 @@ def _norms(tensors: List[Tensor], plan: Optional["_NormPlan"] = None) -> Tensor:
     """The 2-norms of ``tensors`` (all on one device), as a vector.
 
     Each tensor's norm does not depend on the other tensors of the list, so the
-    single-tensor path (two tensors at a time) and the multi-tensor path (all
-    at once) get the same bits.  Eager on the CPU by a :class:`_NormPlan`
+    single-tensor path and the multi-tensor path, whose lists differ (e.g. the
+    first holds float32 copies of half-precision tensors), get the same bits.  Eager on the CPU by a :class:`_NormPlan`
     (``plan``, kept between steps by :class:`LARS`, else one per list of sizes);
     on other devices by one ``_foreach_norm`` (a fused kernel; on CUDA
     ``torch.linalg.vector_norm`` sums in another order).  A compiled graph gets
@@ -617,8 +617,7 @@ class _NormPlan:
     1.5 us for a tensor of a few elements, and for large tensors one thread and
     one accumulator, each add waiting for the previous one (~7e9 floats/s).  So
     each tensor takes one of three routes, by its size alone (a tensor's norm must
-    not depend on its list: the single-tensor path takes them two at a time, the
-    multi-tensor path all at once, and both give the same bits):
+    not depend on its list, see :func:`_norms`):
 
     * 1-d tensors of fewer than ``_SEGMENTED_NORM_NUMEL`` elements (BatchNorm
       weights and biases: 82 of ResNet18's 124 weights and gradients) are
@@ -663,7 +662,8 @@ class _NormPlan:
 
     @staticmethod
     def for_sizes(tensors: List[Tensor]) -> "_NormPlan":
-        """A plan for these sizes, made once per process (e.g. the single-tensor path's pairs)."""
+        """A plan for these sizes, made once per process (calls without a kept plan: the single-tensor path,
+        the functional :func:`lars`)."""
         key = tuple((t.numel(), t.dim() == 1) for t in tensors)
         plan = _NORM_PLANS.get(key)
         if plan is None:

@@ -929,8 +929,8 @@ def test_eager_cpu_norms_are_the_norms_in_order():
 
 
 def test_eager_cpu_norm_of_a_tensor_does_not_depend_on_its_list():
-    # the single-tensor path takes the norms two tensors at a time, the multi-tensor path all at once: each
-    # tensor's norm must have the same bits either way (and with a plan kept between steps)
+    # the single-tensor and multi-tensor paths pass different lists: each tensor's norm must have the same
+    # bits in any list (and with a plan kept between steps)
     import lars as lars_module
     ts = _eager_norm_tensors()
     together = lars_module._norms(ts)
