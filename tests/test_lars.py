@@ -941,6 +941,33 @@ def test_eager_cpu_norm_of_a_tensor_does_not_depend_on_its_list():
         assert torch.equal(lars_module._norms([t, ts[-1 - i]])[0], together[i])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_paths_agree_at_the_norm_route_boundaries(dtype):
+    # each side of each route's bound (_SEGMENTED_NORM_NUMEL for 1-d tensors, _DOT_NORM_NUMEL), a transposed
+    # and a channels-last tensor: same bits from both paths, and close to the float64 reference
+    import lars as lars_module
+    seg, dot = lars_module._SEGMENTED_NORM_NUMEL, lars_module._DOT_NORM_NUMEL
+    shapes = [(seg - 1,), (seg,), (dot - 1,), (dot,), (2, seg // 2), (64, dot // 64), (0,)]
+    ps0, grads = _make(shapes, dtype=torch.float64)
+    ps0 += [torch.randn(dot // 32, 32, dtype=torch.float64).t(),
+            torch.randn(32, 32, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last)]
+    for gs in grads:
+        gs += [torch.randn_like(p) for p in ps0[len(shapes):]]
+    routes = lars_module._NormPlan([p.to(dtype) for p in ps0])
+    assert routes.by_segment == [0, 6] and routes.by_dot == [3, 5, 7, 8] and routes.by_foreach == [1, 2, 4]
+    cfg = {**BASE}
+    low = [[g.to(dtype) for g in gs] for gs in grads]
+    (a, _), (b, _) = (_run_lars([p.to(dtype) for p in ps0], low, LRS, cfg, foreach) for foreach in (True, False))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    ws = [p.clone() for p in ps0]
+    bufs = [torch.zeros_like(p) for p in ps0]
+    for lr, gs in zip(LRS, grads):
+        reference_step(ws, gs, bufs, lr, cfg)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for got, ref in zip(a, ws):
+        torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol)
+
+
 def test_eager_cpu_norm_plan_refuses_a_changed_size():
     # a plan is kept while the group's tensors stay the same; a small tensor that changed size in place
     # (p.data = ...) must not be summed over another tensor's elements
