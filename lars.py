@@ -946,6 +946,26 @@ def _multi_tensor_lars(
         direction_scale = scale * sign
         decay_scale, decay_value = scale * weight_decay, 1.0
 
+    chunks = [slice(0, count)]
+    if eager_cache is not None and device.type == "cpu":
+        chunks = eager_cache.update_chunks(params)
+    for part in chunks:
+        _update_(params[part], directions[part], momentum_buffer_list[part],
+                 direction_scale[part] if isinstance(direction_scale, list) else direction_scale,
+                 decay_scale[part] if isinstance(decay_scale, list) else decay_scale, decay_value,
+                 momentum=momentum, nesterov=nesterov, style=style, lr_value=lr_value,
+                 materialize_direction=materialize_direction, separate_decay_term=separate_decay_term)
+
+    if upcast:
+        torch._foreach_copy_(stored_params, params)
+        if stored_buffers:
+            torch._foreach_copy_(stored_buffers, momentum_buffer_list)
+
+
+def _update_(params: List[Tensor], directions: List[Tensor], momentum_buffer_list: List[Tensor],
+             direction_scale: Scale, decay_scale: Scale, decay_value: float, *, momentum: float, nesterov: bool,
+             style: str, lr_value: LearningRate, materialize_direction: bool, separate_decay_term: bool) -> None:
+    """The multi-tensor update of ``params`` (and buffers) from their directions and per-tensor factors."""
     if momentum != 0 and not nesterov:
         _scale_(momentum_buffer_list, momentum)
         _add_scaled_(momentum_buffer_list, directions, direction_scale)
@@ -968,14 +988,14 @@ def _multi_tensor_lars(
     if style == "paper":
         torch._foreach_sub_(params, steps)
     elif isinstance(lr_value, Tensor):
-        _add_scaled_(params, steps, [-lr_value] * count)
+        _add_scaled_(params, steps, [-lr_value] * len(params))
     else:
         torch._foreach_add_(params, steps, alpha=-lr_value)
 
-    if upcast:
-        torch._foreach_copy_(stored_params, params)
-        if stored_buffers:
-            torch._foreach_copy_(stored_buffers, momentum_buffer_list)
+
+# The eager CPU update runs its _foreach ops on chunks of tensors of about this many elements in all (4 MB a
+# float32 list), so that a chunk's weights, gradients and buffers stay in the cache from one op to the next.
+_UPDATE_CHUNK_NUMEL = 1 << 20
 
 
 class _EagerCache:
@@ -990,12 +1010,24 @@ class _EagerCache:
     weights, then the gradients or update directions).  Empty until first used.
     """
 
-    __slots__ = ("vector", "views", "plan")
+    __slots__ = ("vector", "views", "plan", "chunks")
 
     def __init__(self) -> None:
         self.vector: Optional[Tensor] = None
         self.views: List[Tensor] = []
         self.plan: Optional[_NormPlan] = None
+        self.chunks: List[slice] = []
+
+    def update_chunks(self, params: List[Tensor]) -> List[slice]:
+        """Consecutive runs of ``params`` of about ``_UPDATE_CHUNK_NUMEL`` elements (made at the first step)."""
+        if not self.chunks or self.chunks[-1].stop != len(params):
+            self.chunks, start, size = [], 0, 0
+            for i, p in enumerate(params):
+                size += p.numel()
+                if size >= _UPDATE_CHUNK_NUMEL or i == len(params) - 1:
+                    self.chunks.append(slice(start, i + 1))
+                    start, size = i + 1, 0
+        return self.chunks
 
     def norm_plan(self, tensors: List[Tensor]) -> _NormPlan:
         """The plan for the norms' tensors, made at the first step (their sizes stay with the layout)."""

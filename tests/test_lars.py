@@ -235,6 +235,22 @@ def test_foreach_equals_single_tensor(variant, dtype):
         assert all(torch.equal(x, y) for x, y in zip(ba, bb))
 
 
+@pytest.mark.parametrize("variant", ["paper", "nesterov_sgd", "norm_update_maximize", "momentum0_sgd_maximize",
+                                     "no_adapt_sgd_nesterov"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_update_in_chunks_gives_the_same_bits(monkeypatch, variant, dtype):
+    """The eager CPU update runs its _foreach ops chunk by chunk (_UPDATE_CHUNK_NUMEL): with chunks of a few
+    tensors, the same bits as the single-tensor path."""
+    import lars as lars_module
+    monkeypatch.setattr(lars_module, "_UPDATE_CHUNK_NUMEL", 20)
+    cfg = {**BASE, **VARIANTS[variant]}
+    ps0, grads = _make(SHAPES, dtype=dtype, zero_idx=(3,))
+    (a, opt), (b, _) = (_run_lars(ps0, grads, LRS, cfg, foreach) for foreach in (True, False))
+    chunks = opt._layouts[id(opt.param_groups[0])].eager_caches[0].chunks
+    assert chunks == [slice(0, 1), slice(1, 3), slice(3, len(SHAPES))]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_factors_repeated_over_elements_give_the_same_bits(monkeypatch, variant, dtype):
