@@ -1,7 +1,8 @@
 """Benchmark: time of one optimizer ``step()`` on the parameters of the project's CIFAR ResNet18.
 
 Compares, on the CPU, torch.optim.SGD(momentum=0.9, weight_decay=5e-4,
-foreach=True) with LARS (multi-tensor path, a minimal multi-tensor LARS as the
+foreach=True) with LARS (multi-tensor path; the same with its update in one chunk
+instead of ~1M-element chunks, ``_UPDATE_CHUNK_NUMEL``; a minimal multi-tensor LARS as the
 floor of an eager implementation built on ``_foreach_norm``, the update
 compiled by ``LARS.compile()`` with its defaults, and with torch.compile's own
 defaults: automatic dynamic shapes, all guards, Inductor's Python wrapper, size asserts and
@@ -50,6 +51,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import models  # noqa: E402
 import probe  # noqa: E402  (bench/probe.py)
+import lars as lars_module  # noqa: E402
 from lars import LARS  # noqa: E402
 
 
@@ -87,6 +89,18 @@ class MinimalLARS(torch.optim.Optimizer):
         torch._foreach_sub_(params, self.buffers)
 
 
+def unchunked_lars(params, hyper) -> LARS:
+    """LARS(foreach=True) whose eager CPU update runs each _foreach op over all tensors at once (the update of
+    before 2026-11-30's second sitting): one chunk, chosen at its first step and kept."""
+    opt = LARS(params, foreach=True, **hyper)
+    saved, lars_module._UPDATE_CHUNK_NUMEL = lars_module._UPDATE_CHUNK_NUMEL, float("inf")
+    try:
+        opt.step()
+    finally:
+        lars_module._UPDATE_CHUNK_NUMEL = saved
+    return opt
+
+
 def timed_rounds(optimizers: dict, rounds: int, warmup: int, shuffle: bool, flush, seed: int) -> dict:
     """Seconds of each optimizer's steps, one step of each per round (after ``warmup`` untimed rounds)."""
     times = {name: [] for name in optimizers}
@@ -117,6 +131,7 @@ def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: b
         "SGD foreach": sgd,
         "LARS foreach": LARS(params, foreach=True, **hyper),
         "minimal LARS (floor)": MinimalLARS(params, **hyper),
+        "LARS, one chunk": unchunked_lars(params, hyper),
     }
     compile_s = {}
     if compiled:
