@@ -1006,8 +1006,9 @@ class _EagerCache:
     of the ``_foreach_*`` ops, and writing each step's factors into the same
     vector replaces an ``unbind`` into new 0-d views, which cost ~40 us per step
     for ResNet18's 62 tensors on this project's 2-core CPU (about 4 % of an SGD
-    step at width 16).  And the :class:`_NormPlan` of the norms' tensors (the
-    weights, then the gradients or update directions).  Empty until first used.
+    step at width 16).  The :class:`_NormPlan` of the norms' tensors (the
+    weights, then the gradients or update directions), and the chunks of the
+    update (``update_chunks``).  Empty until first used.
     """
 
     __slots__ = ("vector", "views", "plan", "chunks")
