@@ -28,6 +28,11 @@ SGD(foreach) in the same run: min over rounds (the quietest step) and median, an
 "paired": the median over rounds of the ratio of the two steps of one round
 (a drift of the machine's state during the run, which moves both, cancels).
 
+The process takes train.py's host-memory setting (``--malloc``, default ``reuse``: glibc serves every block
+from its heap, see ``trainer.use_malloc``).  With glibc's defaults (``--malloc system``) SGD's step at width 64
+took 10-28 ms from run to run: its 45 MB temporary ``g + wd * w`` landed on reused heap memory or on freshly
+mapped pages that fault, as glibc's adaptive mmap threshold decided; LARS allocates no such temporary.
+
 A memory-write probe (an in-place ``add_`` on a 2.8 MB tensor; about 0.1 ms on
 a quiet machine) runs before and after each width: when the machine is slowed
 (several ms) the timings are not comparable and a warning says so.  A slowdown
@@ -52,6 +57,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import models  # noqa: E402
 import probe  # noqa: E402  (bench/probe.py)
 import lars as lars_module  # noqa: E402
+import trainer  # noqa: E402
 from lars import LARS  # noqa: E402
 
 
@@ -182,9 +188,12 @@ def main() -> None:
                     help="step the optimizers in the table's order every round (default: shuffled)")
     ap.add_argument("--cold", action="store_true",
                     help="write a 64 MB buffer before every step (untimed): caches cold, as in a training loop")
+    ap.add_argument("--malloc", choices=("reuse", "system"), default="reuse",
+                    help="host memory as train.py's --malloc (default: reuse, as train.py)")
     args = ap.parse_args()
+    malloc = args.malloc if trainer.use_malloc(args.malloc) or args.malloc == "system" else "system (not glibc)"
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, --malloc {malloc}")
     probes = [probe.memory_write_ms()]
     print(f"memory-write probe before: {probes[0]:.3f} ms (add_ on 2.8 MB; quiet machine ~0.1 ms)")
     for width in args.widths:

@@ -1,21 +1,25 @@
-"""The training loop's speed: the restructured train.py against the pre-restructure one, and --compile.
+"""The training loop's speed: the restructured train.py against the pre-restructure one, --malloc, --compile.
 
     python bench/train_loop.py                     # CPU: ResNet18 width 8, 2048 synthetic images, batch 256
     python bench/train_loop.py --rounds 1 --epochs 2 --images 512 --no-compile     # a smoke run (~1 min)
+    OMP_NUM_THREADS=1 python bench/train_loop.py --arch AirbenchNet --width 16 --batch_size 512 --images 4096 \
+        --epochs 3 --rounds 2 --no-compile          # (d) as the CPU study ran its trials (one thread each)
 
 Every run is `train.py` in a subprocess with the same flags on synthetic CIFAR-format files
 (tests/conftest.write_tiny_cifar), and its speed is the `images_per_s` of its epoch rows (training phase
 only: no evaluation, no checkpoint) in the epochs after the first: the median and the best of those epochs
 over all rounds are reported (the best is the least disturbed by other load on a shared machine).
-  (a) new vs old: this checkout's train.py (trainer.run_trial: host sync every --log_interval steps) against
-      train.py at git revision 07e9aa6 (before the restructure: a host sync and a track row every step),
-      extracted with `git archive` into a temporary folder; --rounds rounds of one run each, in
-      alternating order (old first, then new first, ...).
-      Ratio new/old: target >= 1.0 within noise. Skipped (and said so) without the revision. On the CPU a host
-      sync costs nothing (the CPU computes synchronously): the new loop saves only the per-step row writes
-      there; what it saves on a GPU, bench/gpu_check.py measures (host syncs per step).
+  (a) new vs old: this checkout's train.py (trainer.run_trial: host sync every --log_interval steps) with
+      `--malloc system` (glibc's defaults, as the old one ran) against train.py at git revision 07e9aa6 (before
+      the restructure: a host sync and a track row every step), extracted with `git archive` into a temporary
+      folder. Ratio new/old: target >= 1.0 within noise. Skipped (and said so) without the revision. On the
+      CPU a host sync costs nothing (the CPU computes synchronously): the new loop saves only the per-step row
+      writes there; what it saves on a GPU, bench/gpu_check.py measures (host syncs per step).
+  (d) --malloc: the new train.py with its default `--malloc reuse` against `--malloc system`, same rounds.
+      Every round runs each side once, the order rotating from round to round.
   (b) --compile: one run of the new train.py with --compile, on a fresh inductor cache. Compile time = first
-      epoch's seconds minus the median of the later epochs'; steady-state ratio = compiled / eager images/s (eager: the runs of (a)).
+      epoch's seconds minus the median of the later epochs'; steady-state ratio = compiled / eager images/s
+      (eager: the default runs of (d)).
   (c) a memory-write probe (in-place add_ on a 2.8 MB tensor) before and after: ~0.1 ms on a quiet machine;
       several ms means the machine is in a slow state and the ratios are invalid (a warning says so).
 """
@@ -36,6 +40,7 @@ import probe  # noqa: E402  (bench/probe.py)
 import store  # noqa: E402
 
 OLD_REVISION = "07e9aa6"
+OLD_ARCHS = ("ResNet18", "ResNet34", "ResNet50")  # the nets of OLD_REVISION
 
 
 def extract_old(revision, into):
@@ -76,40 +81,53 @@ def steady(rows, key):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="ResNet18", help="a name in models.ARCHS; (a) needs one the old "
+                        f"revision has: {', '.join(OLD_ARCHS)}")
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--images", type=int, default=2048, help="synthetic training images")
     parser.add_argument("--test_images", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=4, help="per run; the epochs after the first are timed")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating old/new rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of one run per side, the order rotating")
     parser.add_argument("--no-compile", dest="compiled", action="store_false", help="skip part (b)")
     cfg = parser.parse_args()
 
     probe_before = probe.memory_write_ms()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads; "
-          f"ResNet18 width {cfg.width}, batch {cfg.batch_size}, {cfg.images} synthetic images, "
+          f"{cfg.arch} width {cfg.width}, batch {cfg.batch_size}, {cfg.images} synthetic images, "
           f"{cfg.epochs} epochs per run", flush=True)
     print(f"memory-write probe before: {probe_before:.3f} ms (add_ on 2.8 MB; quiet machine ~0.1 ms)", flush=True)
-    flags = ["--width", str(cfg.width), "--epochs", str(cfg.epochs), "--batch_size", str(cfg.batch_size),
-             "--max_samples_per_gpu", str(cfg.batch_size), "--eval_batch_size", "1024"]
-    rates = {"old": [], "new": []}
+    flags = ["--arch", cfg.arch, "--width", str(cfg.width), "--epochs", str(cfg.epochs),
+             "--batch_size", str(cfg.batch_size), "--max_samples_per_gpu", str(cfg.batch_size),
+             "--eval_batch_size", "1024"]
+    # side: (code folder, extra flags); the old train.py has no --malloc (it ran with glibc's defaults), and
+    # --amp none and no --channels_last are its defaults, as the new one's on the CPU
+    sides = {"old": (None, []), "new, --malloc system": (ROOT, ["--malloc", "system"]), "new": (ROOT, [])}
+    rates = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
         dataroot = os.path.join(tmp, "data")
         write_tiny_cifar(dataroot, n_train=cfg.images, n_test=cfg.test_images)
         flags += ["--dataroot", dataroot]
-        old_dir, why = extract_old(OLD_REVISION, os.path.join(tmp, "old"))
+        old_dir, why = None, f"revision {OLD_REVISION} has no {cfg.arch}"
+        if cfg.arch in OLD_ARCHS:
+            old_dir, why = extract_old(OLD_REVISION, os.path.join(tmp, "old"))
+            why = f"revision {OLD_REVISION} is not available here ({why})"
         if old_dir is None:
-            print(f"(a) skipped: revision {OLD_REVISION} is not available here ({why})", flush=True)
+            print(f"(a) skipped: {why}", flush=True)
+            del sides["old"], rates["old"]
+        else:
+            sides["old"] = (old_dir, [])
         new_rows = []
+        names = list(sides)
         for r in range(cfg.rounds):
-            # old train.py: --amp none and no --channels_last are its defaults, as the new one's on the CPU
-            sides = [("old", old_dir), ("new", ROOT)] if old_dir is not None else [("new", ROOT)]
-            for side, code_dir in sides[::-1] if r % 2 else sides:  # who goes first alternates
-                rows = run_train_py(code_dir, flags, os.path.join(tmp, "logs"), f"{side}_{r}")
+            for side in names[r % len(names):] + names[:r % len(names)]:  # the order rotates
+                code_dir, extra = sides[side]
+                experiment = f"side{names.index(side)}_round{r}"
+                rows = run_train_py(code_dir, flags + extra, os.path.join(tmp, "logs"), experiment)
                 rates[side] += steady_values(rows, "images_per_s")
                 if side == "new":
                     new_rows.append(rows)
-                print(f"  round {r + 1}: {side} {steady(rows, 'images_per_s'):8.1f} images/s", flush=True)
+                print(f"  round {r + 1}: {side:<22} {steady(rows, 'images_per_s'):8.1f} images/s", flush=True)
         compiled_rows = None
         if cfg.compiled:
             # a fresh inductor cache: the compile time of a first run, not of a cache hit
@@ -117,28 +135,30 @@ def main():
                                          env={"TORCHINDUCTOR_CACHE_DIR": os.path.join(tmp, "inductor_cache")})
     probe_after = probe.memory_write_ms()
 
-    print(f"\n(a) train.py images/s over the epochs 2..{cfg.epochs} of {cfg.rounds} round(s) "
-          f"({len(rates['new'])} epochs each side)")
+    print(f"\n(a, d) train.py images/s over the epochs 2..{cfg.epochs} of {cfg.rounds} round(s) "
+          f"({len(rates['new'])} epochs each)")
+    print(f"  {'':<50}{'median':>10}{'best':>10}")
+    labels = {"old": f"old ({OLD_REVISION}, sync + row every step)",
+              "new, --malloc system": "new (sync every --log_interval), --malloc system",
+              "new": "new (default: --malloc reuse)"}
+    for side, values in rates.items():
+        print(f"  {labels[side]:<50}{statistics.median(values):10.1f}{max(values):10.1f}")
+    for (a, b), what in ((("new, --malloc system", "old"), "(a) new/old, same allocator (target >= 1.0 within noise)"),
+                         (("new", "new, --malloc system"), "(d) --malloc reuse / system"),
+                         (("new", "old"), "new (default) / old")):
+        if a in rates and b in rates:
+            print(f"  {what}: median {statistics.median(rates[a]) / statistics.median(rates[b]):.3f}, "
+                  f"best {max(rates[a]) / max(rates[b]):.3f}")
+    for side, values in rates.items():
+        print(f"  epochs, {side}: {', '.join(f'{v:.0f}' for v in values)}")
     new = statistics.median(rates["new"])
-    if rates["old"]:
-        old = statistics.median(rates["old"])
-        best_old, best_new = max(rates["old"]), max(rates["new"])
-        print(f"  {'':<38}{'median':>10}{'best':>10}")
-        print(f"  {'old (' + OLD_REVISION + ', sync + row every step)':<38}{old:10.1f}{best_old:10.1f}")
-        print(f"  {'new (sync every --log_interval)':<38}{new:10.1f}{best_new:10.1f}")
-        print(f"  ratio new/old: median {new / old:.3f}, best {best_new / best_old:.3f}   (target >= 1.0 within "
-              f"noise; the best round is the least disturbed by other load)")
-        print(f"  epochs: old {', '.join(f'{v:.0f}' for v in rates['old'])}; "
-              f"new {', '.join(f'{v:.0f}' for v in rates['new'])}")
-    else:
-        print(f"  new {new:10.1f}  (no old revision to compare with)")
     if compiled_rows is not None:
         eager_epoch = statistics.median(steady(rows, "epoch_seconds") for rows in new_rows)
         first, later = compiled_rows[0]["epoch_seconds"], steady(compiled_rows, "epoch_seconds")
         rate = steady(compiled_rows, "images_per_s")
         print("\n(b) --compile (model + LARS.compile())")
-        print(f"  compile time ~{first - later:.1f} s, cold cache (first epoch {first:.1f} s - steady epoch {later:.2f} s; "
-              f"eager steady epoch {eager_epoch:.2f} s)")
+        print(f"  compile time ~{first - later:.1f} s, cold cache (first epoch {first:.1f} s - steady epoch "
+              f"{later:.2f} s; eager steady epoch {eager_epoch:.2f} s)")
         print(f"  steady-state images/s compiled {rate:.1f} vs eager {new:.1f}: ratio compiled/eager "
               f"{rate / new:.3f}")
     print(f"\n(c) memory-write probe: before {probe_before:.3f} ms, after {probe_after:.3f} ms")

@@ -1,6 +1,7 @@
 """train.py and trainer.py end to end on tiny generated CIFAR files (real pickle format), on the CPU."""
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -119,6 +120,49 @@ def test_resume_gives_identical_metrics_and_parameters(tiny_cifar10, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+# A 40 MB tensor, over glibc's largest mmap threshold (32 MB): with its defaults each one is mapped fresh. With
+# reuse the heap grows over the first few (Python's own small blocks land between them), then serves them all.
+_ALLOCATE_AND_COUNT_FAULTS = """
+import resource, sys, torch, trainer
+print(trainer.use_malloc(sys.argv[1]))
+for _ in range(30):
+    torch.empty(10_000_000).fill_(1.0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.empty(10_000_000).fill_(1.0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_malloc_reuse_keeps_freed_tensor_memory_mapped():
+    faults = {}
+    for mode in ("reuse", "system"):
+        done = subprocess.run([sys.executable, "-c", _ALLOCATE_AND_COUNT_FAULTS, mode], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        applied, count = done.stdout.split()
+        assert applied == str(mode == "reuse")
+        faults[mode] = int(count)
+    # system: each 40 MB block faults its pages in again (~10,000 4 KB pages, or 20 huge pages)
+    assert faults["system"] >= 10 * 20 and faults["reuse"] < faults["system"] / 10, faults
+
+
+@pytest.mark.slow
+def test_malloc_setting_does_not_change_what_a_trial_computes(tiny_cifar10, tmp_path):
+    root, _ = tiny_cifar10
+    for mode in ("reuse", "system"):  # in processes of their own: the setting is process-wide
+        cmd = [sys.executable, "train.py", mode, "--malloc", mode, *tiny_flags(root, tmp_path)]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    metrics = ["epoch", "iteration", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5"]
+    assert epoch_rows(tmp_path, "reuse")[metrics].values.tolist() == \
+        epoch_rows(tmp_path, "system")[metrics].values.tolist()
+    a, b = (torch.load(os.path.join(only_trial(tmp_path, mode)[0], "last.pt"), weights_only=True)["model"]
+            for mode in ("reuse", "system"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_cifar10, tmp_path, monkeypatch, capsys):
     root, _ = tiny_cifar10
     real = trainer.accumulate_gradients
@@ -173,7 +217,8 @@ def test_bad_flags_are_one_line_errors_and_write_nothing(tiny_cifar10, tmp_path,
     logroot = tmp_path / "logs"
     for flag, value in (("--batch_size", "0"), ("--max_samples_per_gpu", "-1"), ("--epochs", "0"),
                         ("--lr", "-0.1"), ("--arch", "VGG"), ("--optimizer", "Adam"), ("--dataset", "mnist"),
-                        ("--schedule", "linear"), ("--batch_size", "many")):
+                        ("--schedule", "linear"), ("--batch_size", "many"),
+                        ("--malloc", "mmap")):
         err = run_expecting_error(["bad", *tiny_flags(root, logroot), flag, value], capsys, code=2)
         assert flag in err
     assert not logroot.exists()
