@@ -252,9 +252,10 @@ def use_malloc(mode):
     With glibc's defaults a block over its mmap threshold (128 KB at first; it adapts up to 32 MB) is mapped
     fresh and unmapped when freed, so every large activation and gradient of every step touches new pages:
     one page fault per 4 KB. `reuse` serves every block from the heap (M_MMAP_MAX 0) and keeps up to 1 GB of
-    freed memory for the next blocks (M_TRIM_THRESHOLD): CPU training measured 1.2-1.6x the images/s on this
-    project's 2-core VM (bench/train_loop.py), the resident memory ~15 % higher. `system` keeps glibc's
-    defaults. Process-wide and left in place; not glibc (macOS, musl): nothing to set.
+    freed memory for the next blocks (M_TRIM_THRESHOLD). On this project's 2-core VM (bench/train_loop.py):
+    1.5x the images/s of the CPU study's trials (AirbenchNet width 16, batch 512, one thread), 1.16x for
+    ResNet18 width 8, nothing measurable for the compute-bound width 64; resident memory ~15 % higher.
+    `system` keeps glibc's defaults. Process-wide and left in place; not glibc (macOS, musl): nothing to set.
     """
     if mode != "reuse" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
