@@ -17,6 +17,7 @@ variant's best block and its ratio to SGD(foreach) in the same run.  Variants (e
 Then the cost of getting tensors into a compiled call: ``torch._foreach_add_`` on n tensors of 16 elements,
 compiled with LARS.compile()'s Inductor options, for n = 1, 62, 124, 186 (the update of ResNet18 passes 187).
 
+The process takes train.py's host-memory setting (``--malloc``, default ``reuse``; see bench/optimizer_step.py).
 A memory-write probe runs before and after (see bench/probe.py).
 
     python bench/compiled_step.py --width 16        # ~3 min on 2 cores with a cold Inductor cache
@@ -34,6 +35,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import lars as lars_module  # noqa: E402
 import probe  # noqa: E402  (bench/probe.py)
+import trainer  # noqa: E402
 from optimizer_step import resnet18_params  # noqa: E402  (bench/optimizer_step.py)
 
 HYPER = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -99,9 +101,12 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16, help="ResNet18 width")
     ap.add_argument("--blocks", type=int, default=4, help="blocks per variant, taking turns")
     ap.add_argument("--per_block", type=int, default=200, help="timed steps per block")
+    ap.add_argument("--malloc", choices=("reuse", "system"), default="reuse",
+                    help="host memory as train.py's --malloc (default: reuse, as train.py)")
     args = ap.parse_args()
+    malloc = args.malloc if trainer.use_malloc(args.malloc) or args.malloc == "system" else "system (not glibc)"
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
-          f"ResNet18 width {args.width}")
+          f"ResNet18 width {args.width}, --malloc {malloc}")
     probes = [probe.memory_write_ms()]
     params = resnet18_params(args.width)
     torch_default_realize = {"realize_reads_threshold": 4}
