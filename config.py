@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 SCHEDULES = ("poly", "cosine", "step", "geometric")
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 DATASETS = ("cifar10", "cifar100")
+MALLOC_MODES = ("reuse", "system")  # --malloc, see trainer.use_malloc
 # numpy's seed range (the seed also seeds numpy).
 MAX_SEED = 2**32 - 1
 
@@ -127,9 +128,9 @@ class Runtime:
     checkpoint_every: int = _opt(1, "write last.pt every N epochs (the last epoch always)", low=1)
     compile: bool = _opt(False, "run the model and the optimizer step through torch.compile")
     malloc: str = _opt("reuse", "host memory (glibc): reuse freed blocks instead of mapping fresh pages for "
-                                "each large tensor (small nets on the CPU: up to 1.5x images/s), or glibc's "
-                                "system defaults",
-                       choices=("reuse", "system"))
+                                "each large tensor (small nets on the CPU: up to 1.5x images/s; resident memory "
+                                "stays near its peak), or glibc's system defaults",
+                       choices=MALLOC_MODES)
     ray: str = _opt("", "with --config: run the trials on this Ray cluster ('auto', an address, or 'local')")
     gpus_per_trial: float = _opt(1.0, "with --ray: GPUs reserved per trial", low=0, low_open=True)
     trials_per_gpu: int = _opt(1, "with --config: run up to N trials at once on the device (separate processes)",

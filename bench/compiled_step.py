@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import lars as lars_module  # noqa: E402
 import probe  # noqa: E402  (bench/probe.py)
+import config  # noqa: E402
 import trainer  # noqa: E402
 from optimizer_step import resnet18_params  # noqa: E402  (bench/optimizer_step.py)
 
@@ -101,7 +102,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16, help="ResNet18 width")
     ap.add_argument("--blocks", type=int, default=4, help="blocks per variant, taking turns")
     ap.add_argument("--per_block", type=int, default=200, help="timed steps per block")
-    ap.add_argument("--malloc", choices=("reuse", "system"), default="reuse",
+    ap.add_argument("--malloc", choices=config.MALLOC_MODES, default="reuse",
                     help="host memory as train.py's --malloc (default: reuse, as train.py)")
     args = ap.parse_args()
     malloc = args.malloc if trainer.use_malloc(args.malloc) or args.malloc == "system" else "system (not glibc)"

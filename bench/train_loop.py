@@ -3,7 +3,7 @@
     python bench/train_loop.py                     # CPU: ResNet18 width 8, 2048 synthetic images, batch 256
     python bench/train_loop.py --rounds 1 --epochs 2 --images 512 --no-compile     # a smoke run (~1 min)
     OMP_NUM_THREADS=1 python bench/train_loop.py --arch AirbenchNet --width 16 --batch_size 512 --images 4096 \
-        --epochs 3 --rounds 2 --no-compile          # (d) as the CPU study ran its trials (one thread each)
+        --epochs 3 --rounds 2 --no-compile          # (b) as the CPU study ran its trials (one thread each)
 
 Every run is `train.py` in a subprocess with the same flags on synthetic CIFAR-format files
 (tests/conftest.write_tiny_cifar), and its speed is the `images_per_s` of its epoch rows (training phase
@@ -15,12 +15,12 @@ over all rounds are reported (the best is the least disturbed by other load on a
       folder. Ratio new/old: target >= 1.0 within noise. Skipped (and said so) without the revision. On the
       CPU a host sync costs nothing (the CPU computes synchronously): the new loop saves only the per-step row
       writes there; what it saves on a GPU, bench/gpu_check.py measures (host syncs per step).
-  (d) --malloc: the new train.py with its default `--malloc reuse` against `--malloc system`, same rounds.
+  (b) --malloc: the new train.py with its default `--malloc reuse` against `--malloc system`, same rounds.
       Every round runs each side once, the order rotating from round to round.
-  (b) --compile: one run of the new train.py with --compile, on a fresh inductor cache. Compile time = first
+  (c) --compile: one run of the new train.py with --compile, on a fresh inductor cache. Compile time = first
       epoch's seconds minus the median of the later epochs'; steady-state ratio = compiled / eager images/s
-      (eager: the default runs of (d)).
-  (c) a memory-write probe (in-place add_ on a 2.8 MB tensor) before and after: ~0.1 ms on a quiet machine;
+      (eager: the default runs of (b)).
+  (d) a memory-write probe (in-place add_ on a 2.8 MB tensor) before and after: ~0.1 ms on a quiet machine;
       several ms means the machine is in a slow state and the ratios are invalid (a warning says so).
 """
 import argparse
@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from conftest import write_tiny_cifar  # noqa: E402
+import models  # noqa: E402
 import probe  # noqa: E402  (bench/probe.py)
 import store  # noqa: E402
 
@@ -81,15 +82,15 @@ def steady(rows, key):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="ResNet18", help="a name in models.ARCHS; (a) needs one the old "
-                        f"revision has: {', '.join(OLD_ARCHS)}")
+    parser.add_argument("--arch", default="ResNet18", choices=models.ARCHS,
+                        help=f"the net; (a) needs one the old revision has: {', '.join(OLD_ARCHS)}")
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--images", type=int, default=2048, help="synthetic training images")
     parser.add_argument("--test_images", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=4, help="per run; the epochs after the first are timed")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of one run per side, the order rotating")
-    parser.add_argument("--no-compile", dest="compiled", action="store_false", help="skip part (b)")
+    parser.add_argument("--no-compile", dest="compiled", action="store_false", help="skip part (c)")
     cfg = parser.parse_args()
 
     probe_before = probe.memory_write_ms()
@@ -108,12 +109,14 @@ def main():
         dataroot = os.path.join(tmp, "data")
         write_tiny_cifar(dataroot, n_train=cfg.images, n_test=cfg.test_images)
         flags += ["--dataroot", dataroot]
-        old_dir, why = None, f"revision {OLD_REVISION} has no {cfg.arch}"
         if cfg.arch in OLD_ARCHS:
             old_dir, why = extract_old(OLD_REVISION, os.path.join(tmp, "old"))
-            why = f"revision {OLD_REVISION} is not available here ({why})"
+            if old_dir is None:
+                print(f"(a) skipped: revision {OLD_REVISION} is not available here ({why})", flush=True)
+        else:
+            old_dir = None
+            print(f"(a) skipped: revision {OLD_REVISION} has no {cfg.arch}", flush=True)
         if old_dir is None:
-            print(f"(a) skipped: {why}", flush=True)
             del sides["old"], rates["old"]
         else:
             sides["old"] = (old_dir, [])
@@ -135,7 +138,7 @@ def main():
                                          env={"TORCHINDUCTOR_CACHE_DIR": os.path.join(tmp, "inductor_cache")})
     probe_after = probe.memory_write_ms()
 
-    print(f"\n(a, d) train.py images/s over the epochs 2..{cfg.epochs} of {cfg.rounds} round(s) "
+    print(f"\n(a, b) train.py images/s over the epochs 2..{cfg.epochs} of {cfg.rounds} round(s) "
           f"({len(rates['new'])} epochs each)")
     print(f"  {'':<50}{'median':>10}{'best':>10}")
     labels = {"old": f"old ({OLD_REVISION}, sync + row every step)",
@@ -144,7 +147,7 @@ def main():
     for side, values in rates.items():
         print(f"  {labels[side]:<50}{statistics.median(values):10.1f}{max(values):10.1f}")
     for (a, b), what in ((("new, --malloc system", "old"), "(a) new/old, same allocator (target >= 1.0 within noise)"),
-                         (("new", "new, --malloc system"), "(d) --malloc reuse / system"),
+                         (("new", "new, --malloc system"), "(b) --malloc reuse / system"),
                          (("new", "old"), "new (default) / old")):
         if a in rates and b in rates:
             print(f"  {what}: median {statistics.median(rates[a]) / statistics.median(rates[b]):.3f}, "
@@ -156,12 +159,12 @@ def main():
         eager_epoch = statistics.median(steady(rows, "epoch_seconds") for rows in new_rows)
         first, later = compiled_rows[0]["epoch_seconds"], steady(compiled_rows, "epoch_seconds")
         rate = steady(compiled_rows, "images_per_s")
-        print("\n(b) --compile (model + LARS.compile())")
+        print("\n(c) --compile (model + LARS.compile())")
         print(f"  compile time ~{first - later:.1f} s, cold cache (first epoch {first:.1f} s - steady epoch "
               f"{later:.2f} s; eager steady epoch {eager_epoch:.2f} s)")
         print(f"  steady-state images/s compiled {rate:.1f} vs eager {new:.1f}: ratio compiled/eager "
               f"{rate / new:.3f}")
-    print(f"\n(c) memory-write probe: before {probe_before:.3f} ms, after {probe_after:.3f} ms")
+    print(f"\n(d) memory-write probe: before {probe_before:.3f} ms, after {probe_after:.3f} ms")
     if max(probe_before, probe_after) > probe.SLOW_MS:
         print(f"WARNING: a memory-write probe took over {probe.SLOW_MS} ms: the machine is in a slow state and "
               f"the ratios above are invalid; run again")

@@ -148,6 +148,24 @@ def test_malloc_reuse_keeps_freed_tensor_memory_mapped():
     assert faults["system"] >= 10 * 20 and faults["reuse"] < faults["system"] / 10, faults
 
 
+def test_a_trial_sets_the_allocator_it_is_given(tiny_cifar10, tmp_path, monkeypatch):
+    root, _ = tiny_cifar10
+    modes = []
+    monkeypatch.setattr(trainer, "use_malloc", lambda mode: modes.append(mode) or mode == "reuse")
+    train.main(["system", "--malloc", "system", *tiny_flags(root, tmp_path, epochs=1)])
+    train.main(["default", *tiny_flags(root, tmp_path, epochs=1)])
+    assert modes == ["system", "reuse"]
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_malloc_reuse_is_one_way_and_modes_are_checked():
+    assert trainer.use_malloc("reuse") is True  # this test process keeps it, as every in-process trial sets it
+    with pytest.warns(UserWarning, match="cannot undo"):
+        assert trainer.use_malloc("system") is True
+    with pytest.raises(ValueError, match="malloc mode"):
+        trainer.use_malloc("jemalloc")
+
+
 @pytest.mark.slow
 def test_malloc_setting_does_not_change_what_a_trial_computes(tiny_cifar10, tmp_path):
     root, _ = tiny_cifar10
