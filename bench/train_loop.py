@@ -9,12 +9,14 @@ Every run is `train.py` in a subprocess with the same flags on synthetic CIFAR-f
 (tests/conftest.write_tiny_cifar), and its speed is the `images_per_s` of its epoch rows (training phase
 only: no evaluation, no checkpoint) in the epochs after the first: the median and the best of those epochs
 over all rounds are reported (the best is the least disturbed by other load on a shared machine).
-  (a) new vs old: this checkout's train.py (trainer.run_trial: host sync every --log_interval steps) with
-      `--malloc system` (glibc's defaults, as the old one ran) against train.py at git revision 07e9aa6 (before
-      the restructure: a host sync and a track row every step), extracted with `git archive` into a temporary
-      folder. Ratio new/old: target >= 1.0 within noise. Skipped (and said so) without the revision. On the
-      CPU a host sync costs nothing (the CPU computes synchronously): the new loop saves only the per-step row
-      writes there; what it saves on a GPU, bench/gpu_check.py measures (host syncs per step).
+  (a) new vs old: this checkout's train.py (trainer.run_trial: host sync every --log_interval steps) against
+      train.py at git revision 07e9aa6 (before the restructure: a host sync and a track row every step),
+      extracted with `git archive` into a temporary folder, both with the allocator of `--malloc reuse` (the
+      old one, which has no such flag, through glibc's environment variables MALLOC_MMAP_MAX_ and
+      MALLOC_TRIM_THRESHOLD_: under glibc's defaults the epochs of one run spread by 10-25 %). Ratio new/old:
+      target >= 1.0 within noise. Skipped (and said so) without the revision. On the CPU a host sync costs
+      nothing (the CPU computes synchronously): the new loop saves only the per-step row writes there; what it
+      saves on a GPU, bench/gpu_check.py measures (host syncs per step).
   (b) --malloc: the new train.py with its default `--malloc reuse` against `--malloc system`, same rounds.
       Every round runs each side once, the order rotating from round to round.
   (c) --compile: one run of the new train.py with --compile, on a fresh inductor cache. Compile time = first
@@ -39,6 +41,7 @@ from conftest import write_tiny_cifar  # noqa: E402
 import models  # noqa: E402
 import probe  # noqa: E402  (bench/probe.py)
 import store  # noqa: E402
+import trainer  # noqa: E402
 
 OLD_REVISION = "07e9aa6"
 OLD_ARCHS = ("ResNet18", "ResNet34", "ResNet50")  # the nets of OLD_REVISION
@@ -101,9 +104,12 @@ def main():
     flags = ["--arch", cfg.arch, "--width", str(cfg.width), "--epochs", str(cfg.epochs),
              "--batch_size", str(cfg.batch_size), "--max_samples_per_gpu", str(cfg.batch_size),
              "--eval_batch_size", "1024"]
-    # side: (code folder, extra flags); the old train.py has no --malloc (it ran with glibc's defaults), and
-    # --amp none and no --channels_last are its defaults, as the new one's on the CPU
-    sides = {"old": (None, []), "new, --malloc system": (ROOT, ["--malloc", "system"]), "new": (ROOT, [])}
+    # side: (code folder, extra flags, environment); the old train.py has no --malloc: glibc reads the same
+    # settings from its environment at start. --amp none and no --channels_last are its defaults, as the new
+    # one's on the CPU
+    reuse_env = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(trainer._MALLOC_KEEP_BYTES)}
+    sides = {"old": (None, [], reuse_env), "new, --malloc system": (ROOT, ["--malloc", "system"], None),
+             "new": (ROOT, [], None)}
     rates = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
         dataroot = os.path.join(tmp, "data")
@@ -119,14 +125,14 @@ def main():
         if old_dir is None:
             del sides["old"], rates["old"]
         else:
-            sides["old"] = (old_dir, [])
+            sides["old"] = (old_dir, [], reuse_env)
         new_rows = []
         names = list(sides)
         for r in range(cfg.rounds):
             for side in names[r % len(names):] + names[:r % len(names)]:  # the order rotates
-                code_dir, extra = sides[side]
+                code_dir, extra, env = sides[side]
                 experiment = f"side{names.index(side)}_round{r}"
-                rows = run_train_py(code_dir, flags + extra, os.path.join(tmp, "logs"), experiment)
+                rows = run_train_py(code_dir, flags + extra, os.path.join(tmp, "logs"), experiment, env)
                 rates[side] += steady_values(rows, "images_per_s")
                 if side == "new":
                     new_rows.append(rows)
@@ -141,14 +147,13 @@ def main():
     print(f"\n(a, b) train.py images/s over the epochs 2..{cfg.epochs} of {cfg.rounds} round(s) "
           f"({len(rates['new'])} epochs each)")
     print(f"  {'':<50}{'median':>10}{'best':>10}")
-    labels = {"old": f"old ({OLD_REVISION}, sync + row every step)",
+    labels = {"old": f"old ({OLD_REVISION}, sync + row every step), reuse",
               "new, --malloc system": "new (sync every --log_interval), --malloc system",
               "new": "new (default: --malloc reuse)"}
     for side, values in rates.items():
         print(f"  {labels[side]:<50}{statistics.median(values):10.1f}{max(values):10.1f}")
-    for (a, b), what in ((("new, --malloc system", "old"), "(a) new/old, same allocator (target >= 1.0 within noise)"),
-                         (("new", "new, --malloc system"), "(b) --malloc reuse / system"),
-                         (("new", "old"), "new (default) / old")):
+    for (a, b), what in ((("new", "old"), "(a) new/old, both reuse (target >= 1.0 within noise)"),
+                         (("new", "new, --malloc system"), "(b) --malloc reuse / system")):
         if a in rates and b in rates:
             print(f"  {what}: median {statistics.median(rates[a]) / statistics.median(rates[b]):.3f}, "
                   f"best {max(rates[a]) / max(rates[b]):.3f}")
