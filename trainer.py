@@ -258,12 +258,12 @@ def use_malloc(mode):
     than the main one still maps blocks over its 64 MB arena, but the CPU forward and backward allocate on the
     main thread) and returns free memory at the heap's top only beyond 1 GB (M_TRIM_THRESHOLD): the resident
     memory stays near the process's peak, ~15 % above glibc's defaults for the small nets measured. On this
-    project's 2-core VM (bench/train_loop.py): 1.5x the images/s of the CPU study's trials (AirbenchNet width
-    16, batch 512, one thread), 1.16x for ResNet18 width 8; ResNet18 width 64 is compute-bound (one-off runs:
-    0.91x, within their noise). Not measured with --cuda, where the host allocates little. `system` keeps
-    glibc's defaults. The setting is process-wide and one-way: a later `system` in the same process warns and
-    changes nothing. Not glibc (macOS, musl): nothing is set; an allocator preloaded with LD_PRELOAD (jemalloc,
-    tcmalloc) ignores glibc's settings.
+    project's 2-core VM (bench/train_loop.py): 1.50-1.65x the images/s of the CPU study's trials (AirbenchNet
+    width 16, batch 512, one thread), 1.16-1.36x for ResNet18 width 8; ResNet18 width 64 is compute-bound
+    (one-off runs: 0.91x, within their noise). Not measured with --cuda, where the host allocates little.
+    `system` keeps glibc's defaults. The setting is process-wide and one-way: a later `system` in the same
+    process warns and changes nothing. Not glibc (macOS, musl): nothing is set; an allocator preloaded with
+    LD_PRELOAD (jemalloc, tcmalloc) ignores glibc's settings.
     """
     global _malloc_reused
     if mode not in config.MALLOC_MODES:
