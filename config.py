@@ -133,7 +133,8 @@ class Runtime:
                        choices=MALLOC_MODES)
     ray: str = _opt("", "with --config: run the trials on this Ray cluster ('auto', an address, or 'local')")
     gpus_per_trial: float = _opt(1.0, "with --ray: GPUs reserved per trial", low=0, low_open=True)
-    trials_per_gpu: int = _opt(1, "with --config: run up to N trials at once on the device (separate processes)",
+    trials_per_gpu: int = _opt(1, "with --config: run up to N trials at once on the device (separate processes, "
+                                  "1/N of the CPU threads each unless OMP_NUM_THREADS is set)",
                                low=1)
 
 

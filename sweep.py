@@ -17,7 +17,7 @@ All trials go into one experiment. Re-running the same command skips the finishe
 unfinished ones from their checkpoints: a grid point is the trial whose logged recipe is the same.
 
 `--trials_per_gpu N` runs up to N trials at once, each in its own process (small-batch trials alone leave a
-GPU idle). `--ray` runs them through Ray Tune, one trial per worker with 1 CPU and `--gpus_per_trial` GPUs:
+GPU idle) with 1/N of the CPU threads (unless OMP_NUM_THREADS is set). `--ray` runs them through Ray Tune, one trial per worker with 1 CPU and `--gpus_per_trial` GPUs:
 `--ray auto` or `--ray HOST:PORT` joins a running cluster (every node must see this directory, the data and
 the logroot at the same absolute paths), `--ray local` starts a private Ray instance for the sweep's duration.
 """
@@ -31,6 +31,7 @@ import signal
 import sys
 import time
 
+import torch
 import yaml
 
 import config
@@ -235,10 +236,11 @@ def _run_parallel(jobs, workers):
     for dataroot, dataset in {(rt["dataroot"], r["dataset"]) for r, rt, _ in jobs.values()}:
         data.load_cifar(dataroot, dataset)
     context = multiprocessing.get_context("spawn")
+    cpu_threads = _threads_per_trial(workers)
 
     def run_in_own_process(job):
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_end_with_parent,
-                                                    initargs=(os.getpid(),)) as process:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_start_worker,
+                                                    initargs=(os.getpid(), cpu_threads)) as process:
             try:
                 return process.submit(_run_one, *job).result()
             except Exception as e:
@@ -247,6 +249,23 @@ def _run_parallel(jobs, workers):
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as threads:
         futures = {i: threads.submit(run_in_own_process, job) for i, job in jobs.items()}
         return {i: future.result() for i, future in futures.items()}
+
+
+def _threads_per_trial(workers):
+    """CPU threads for each of `workers` trials at once: an equal share of this process's torch threads (at least
+    one), so that they do not oversubscribe the cores as each would by taking all of them (two AirbenchNet
+    trials at once on 2 cores: 717 images/s each with one thread, 507 with two; bench/concurrent_trials.py).
+    None, leaving each worker torch's default, when OMP_NUM_THREADS says how many."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, torch.get_num_threads() // workers)
+
+
+def _start_worker(parent_pid, threads):
+    """A trial worker's set-up: its share of the CPU threads (None: torch's default), and its end with the sweep."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    _end_with_parent(parent_pid)
 
 
 def _end_with_parent(parent_pid):

@@ -455,6 +455,7 @@ def _batches(recipe, runtime, rank, world_size, device):
 def _open_trial(recipe, runtime, plan, resume_id, start_epoch, global_step, device):
     """The trial's files, opened (and locked) for writing, with every value the run works with."""
     params = {**config.as_json(recipe), **config.as_json(plan), **config.as_json(runtime),
+              "torch_threads": torch.get_num_threads(),  # CPU results depend on it (reduction order)
               "recipe_keys": list(config.RECIPE_KEYS)}
     trial = store.open_trial(runtime.logroot, runtime.experimentname, params, resume_id, global_step)
     if resume_id is not None:

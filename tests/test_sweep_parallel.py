@@ -6,8 +6,10 @@ import sys
 import time
 
 import pytest
+import torch
 
 import store
+import sweep
 import train
 from conftest import ROOT, result_rows, tiny_flags
 
@@ -29,11 +31,26 @@ def test_two_trials_at_once_match_the_sequential_sweep(tiny_cifar10, tmp_path):
     grid.write_text("seed: [1, 2]\n")
     logroot = tmp_path / "logs"
     flags = tiny_flags(root, logroot, "--config", str(grid), epochs=2)
-    train.main(["in_turn", *flags])
+    # each of two trials at once gets half the CPU threads; in turn with as many, CPU results are the same bits
+    threads, saved = sweep._threads_per_trial(2) or torch.get_num_threads(), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        train.main(["in_turn", *flags])
+    finally:
+        torch.set_num_threads(saved)
     train.main(["at_once", *flags, "--trials_per_gpu", "2"])
     in_turn, at_once = _epoch_results(logroot, "in_turn"), _epoch_results(logroot, "at_once")
     assert sorted(in_turn) == [1, 2] and all(len(rows) == 2 for rows in in_turn.values())
     assert at_once == in_turn
+    assert {t["torch_threads"] for t in store.list_trials(str(logroot), "at_once")} == {threads}
+
+
+def test_concurrent_trials_share_the_cpu_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    assert [sweep._threads_per_trial(n) for n in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the user's choice: each worker keeps torch's default
+    assert sweep._threads_per_trial(2) is None
 
 
 _ORPHAN_SCRIPT = """
