@@ -88,9 +88,7 @@ def main():
               f"{results['all'][0] / seconds:12.2f}x{results['in turn'][0] / seconds:11.2f}x")
     print("(images/s: all trials together; wall vs all / vs in turn: that way's wall time over this one's)")
     print(f"\nmemory-write probe: before {probe_before:.3f} ms, after {probe_after:.3f} ms")
-    if max(probe_before, probe_after) > probe.SLOW_MS:
-        print(f"WARNING: a memory-write probe took over {probe.SLOW_MS} ms: the machine is in a slow state and "
-              f"the ratios above are invalid; run again")
+    probe.warn_if_slow(probe_before, probe_after)
 
 
 if __name__ == "__main__":

@@ -170,9 +170,7 @@ def main():
         print(f"  steady-state images/s compiled {rate:.1f} vs eager {new:.1f}: ratio compiled/eager "
               f"{rate / new:.3f}")
     print(f"\n(d) memory-write probe: before {probe_before:.3f} ms, after {probe_after:.3f} ms")
-    if max(probe_before, probe_after) > probe.SLOW_MS:
-        print(f"WARNING: a memory-write probe took over {probe.SLOW_MS} ms: the machine is in a slow state and "
-              f"the ratios above are invalid; run again")
+    probe.warn_if_slow(probe_before, probe_after)
 
 
 if __name__ == "__main__":
