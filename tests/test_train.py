@@ -166,6 +166,18 @@ def test_malloc_reuse_is_one_way_and_modes_are_checked():
         trainer.use_malloc("jemalloc")
 
 
+def test_malloc_reuse_sets_nothing_without_glibc(monkeypatch):
+    def no_libc(*args, **kwargs):
+        raise AssertionError("mallopt called on a machine without glibc")
+
+    monkeypatch.setattr(trainer, "_malloc_reused", False)
+    monkeypatch.setattr(trainer.ctypes, "CDLL", no_libc)
+    for system, libc in (("Darwin", ("", "")), ("Linux", ("musl", "1.2"))):
+        monkeypatch.setattr(trainer.platform, "system", lambda: system)
+        monkeypatch.setattr(trainer.platform, "libc_ver", lambda: libc)
+        assert trainer.use_malloc("reuse") is False and trainer.use_malloc("system") is False
+
+
 @pytest.mark.slow
 def test_malloc_setting_does_not_change_what_a_trial_computes(tiny_cifar10, tmp_path):
     root, _ = tiny_cifar10
