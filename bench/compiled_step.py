@@ -35,8 +35,6 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import lars as lars_module  # noqa: E402
 import probe  # noqa: E402  (bench/probe.py)
-import config  # noqa: E402
-import trainer  # noqa: E402
 from optimizer_step import resnet18_params  # noqa: E402  (bench/optimizer_step.py)
 
 HYPER = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -102,10 +100,9 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16, help="ResNet18 width")
     ap.add_argument("--blocks", type=int, default=4, help="blocks per variant, taking turns")
     ap.add_argument("--per_block", type=int, default=200, help="timed steps per block")
-    ap.add_argument("--malloc", choices=config.MALLOC_MODES, default="reuse",
-                    help="host memory as train.py's --malloc (default: reuse, as train.py)")
+    probe.add_malloc_argument(ap)
     args = ap.parse_args()
-    malloc = args.malloc if trainer.use_malloc(args.malloc) or args.malloc == "system" else "system (not glibc)"
+    malloc = probe.use_malloc(args.malloc)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
           f"ResNet18 width {args.width}, --malloc {malloc}")
     probes = [probe.memory_write_ms()]

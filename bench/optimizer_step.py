@@ -57,8 +57,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import models  # noqa: E402
 import probe  # noqa: E402  (bench/probe.py)
 import lars as lars_module  # noqa: E402
-import config  # noqa: E402
-import trainer  # noqa: E402
 from lars import LARS  # noqa: E402
 
 
@@ -189,10 +187,9 @@ def main() -> None:
                     help="step the optimizers in the table's order every round (default: shuffled)")
     ap.add_argument("--cold", action="store_true",
                     help="write a 64 MB buffer before every step (untimed): caches cold, as in a training loop")
-    ap.add_argument("--malloc", choices=config.MALLOC_MODES, default="reuse",
-                    help="host memory as train.py's --malloc (default: reuse, as train.py)")
+    probe.add_malloc_argument(ap)
     args = ap.parse_args()
-    malloc = args.malloc if trainer.use_malloc(args.malloc) or args.malloc == "system" else "system (not glibc)"
+    malloc = probe.use_malloc(args.malloc)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, --malloc {malloc}")
     probes = [probe.memory_write_ms()]

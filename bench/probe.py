@@ -1,4 +1,5 @@
-"""The memory-write probe every benchmark runs before and after timing.
+"""The memory-write probe every benchmark runs before and after timing, and the host-memory setting of the
+benchmarks that compare optimizer steps (train.py's --malloc).
 
 This machine sometimes slows memory writes 50-90x for minutes, which drags every ratio towards 1.0: an
 in-place add_ on a 2.8 MB float32 tensor takes ~0.1 ms on a quiet machine and ~8 ms in that state.
@@ -29,3 +30,16 @@ def warn_if_slow(*probes_ms):
     if max(probes_ms) > SLOW_MS:
         print(f"WARNING: a memory-write probe took {max(probes_ms):.2f} ms (> {SLOW_MS} ms): the machine was in its "
               f"slow state; discard these ratios and run again")
+
+
+def add_malloc_argument(parser):
+    """--malloc for a benchmark that compares optimizer steps: the host memory of train.py's trials by default."""
+    import config  # the project root is on sys.path in every bench script
+    parser.add_argument("--malloc", choices=config.MALLOC_MODES, default="reuse",
+                        help="host memory as train.py's --malloc (default: reuse, as train.py)")
+
+
+def use_malloc(mode):
+    """Apply train.py's --malloc MODE to this process (trainer.use_malloc); returns what is in effect, in words."""
+    import trainer  # the project root is on sys.path in every bench script
+    return "reuse" if trainer.use_malloc(mode) else "system" if mode == "system" else "system (not glibc)"
