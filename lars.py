@@ -10,7 +10,9 @@ hyper-parameters and the state (``state[p]["momentum_buffer"]``); the
 functional core :func:`lars` dispatches to ``_single_tensor_lars`` (one tensor
 at a time) or ``_multi_tensor_lars`` (``torch._foreach_*`` kernels over all
 tensors of one device and dtype).  Both paths run the same operations in the
-same order on the same operands, so they give the same bits.
+same order on the same operands, so they give the same bits.  On the CPU both
+update a float32 tensor (not with Nesterov) by torch's fused SGD kernel, one
+pass over its memory, with its LARS factor (``_CPU_FUSED_UPDATE``).
 
 For ``torch.compile``, call ``opt.compile()`` once (options go to
 ``torch.compile``, which runs with ``fullgraph=True``) and keep calling
@@ -22,6 +24,7 @@ guards that the optimizer cannot check more cheaply itself (:meth:`LARS.compile`
 from __future__ import annotations
 
 import numbers
+import struct
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -113,9 +116,9 @@ def _multi_tensor_allowed(params: List[Tensor]) -> bool:
     Unlike torch's own optimizers this holds on the CPU too: there the foreach
     kernels loop over the tensors in C++, and the trust ratios of all tensors
     come from one stacked vector, while single-tensor LARS pays about a dozen
-    small operations per tensor for its trust ratio and update: it measured 4-7x the
+    small operations per tensor for its trust ratio: it measured 3.5-4x the
     step time of SGD(foreach) at ResNet18 width 16 on the CPU (bench/optimizer_step.py),
-    the multi-tensor path 1.2-1.4x.  Tensors on several devices are fine: the
+    the multi-tensor path 1.1x.  Tensors on several devices are fine: the
     path groups them by device and dtype.
     """
     return not torch.jit.is_scripting() and all(
@@ -822,12 +825,20 @@ def _single_tensor_lars(
             direction_scale = scale * sign
             decay_scale, decay_value = scale * weight_decay, 1.0
 
-        if momentum != 0 and not nesterov:
+        fused = _fused_update_applies(w.device, w.dtype, nesterov, lr_value)
+        if fused:
+            factor = scale.item() if isinstance(scale, Tensor) else _as_float32(scale)
+            fused = _fits_fused_kernel(w, direction, buf, factor, momentum)
+        if fused:
+            _fused_update_([w], [direction], [buf] if buf is not None else [], factor, momentum=momentum,
+                           style=style, lr_value=lr_value, maximize=sign < 0,
+                           weight_decay=weight_decay if separate_decay_term else 0.0)
+        elif momentum != 0 and not nesterov:
             buf.mul_(momentum)
             _add_scaled_one_(buf, direction, direction_scale)
             if separate_decay_term:
                 _add_scaled_one_(buf, w, decay_scale, decay_value)
-            step = buf
+            _step_weights_(w, buf, style, lr_value)
         else:
             step = direction.mul_(direction_scale) if materialize_direction else direction * direction_scale
             if separate_decay_term:
@@ -836,16 +847,20 @@ def _single_tensor_lars(
                 buf.mul_(momentum)
                 buf.add_(step)
                 step.add_(buf, alpha=momentum)
-
-        if style == "paper":
-            w.sub_(step)
-        else:
-            _add_scaled_one_(w, step, -lr_value)
+            _step_weights_(w, step, style, lr_value)
 
         if upcast:
             param.copy_(w)
             if buf is not None:
                 momentum_buffer_list[i].copy_(buf)
+
+
+def _step_weights_(w: Tensor, step: Tensor, style: str, lr_value: LearningRate) -> None:
+    """w -= step ("paper": step holds lr) or w -= lr * step ("sgd"), as the multi-tensor path's last op."""
+    if style == "paper":
+        w.sub_(step)
+    else:
+        _add_scaled_one_(w, step, -lr_value)
 
 
 def _norms_per_tensor(weights: List[Tensor], directions: List[Tensor]) -> List[Tuple[Tensor, Tensor]]:
@@ -875,6 +890,78 @@ def _add_scaled_(targets: List[Tensor], tensors: List[Tensor], factor: Scale, va
         torch._foreach_add_(targets, tensors, alpha=factor)
     else:
         torch._foreach_addcmul_(targets, tensors, factor, value=value)
+
+
+# On the CPU the update of a tensor that fits it runs through torch's fused SGD kernel (``torch._fused_sgd_``,
+# the kernel of ``SGD(fused=True)``): one pass over the tensor's weights, direction and buffer, where the
+# ``_foreach_*`` ops, loops of one elementwise kernel per tensor on the CPU, read and write them four times.
+# The kernel computes ``d = g + weight_decay * w`` (``-g`` if maximize), ``buf = momentum * buf + (1 - dampening)
+# * d`` and ``w = w - lr' * buf`` for one lr' and dampening per call: with ``dampening = 1 - s`` and ``lr' = 1``
+# it is this module's ``v = momentum * v + s * d ; w = w - v`` (s = lr * lambda, or lambda and ``lr' = lr`` in
+# the "sgd" style).  Nesterov's forms scale ``d`` outside the buffer and keep the ``_foreach_*`` update.
+# bench/optimizer_step.py measures both routes (the ``_foreach_*`` one with this set to False).
+_CPU_FUSED_UPDATE = hasattr(torch, "_fused_sgd_")
+
+
+def _fused_update_applies(device: torch.device, dtype: torch.dtype, nesterov: bool, lr: LearningRate) -> bool:
+    """Whether tensors of this device and compute dtype may take the fused kernel (see ``_CPU_FUSED_UPDATE``).
+
+    float32 only: a float64 factor ``s`` does not survive ``1 - (1 - s)`` (float64 stays the exact reference),
+    and half-precision tensors reach the update as float32 copies.  Eager, with a float ``lr``."""
+    return (_CPU_FUSED_UPDATE and device.type == "cpu" and dtype == torch.float32 and not nesterov
+            and not isinstance(lr, Tensor) and not torch.compiler.is_compiling())
+
+
+def _fits_fused_kernel(w: Tensor, d: Tensor, buf: Optional[Tensor], factor: float, momentum: float) -> bool:
+    """Whether the fused kernel updates this tensor with exactly the factor ``factor`` (a float32 value).
+
+    The kernel indexes the weights, direction and buffer as one flat array each, so the three must lay their
+    elements out alike; and it receives the factor as ``1 - dampening``, which is ``factor`` again, bit for
+    bit, unless ``factor`` is below ~2e-9 (or NaN).  Both paths ask this of the same tensors and factors, so
+    they take the same route for each tensor."""
+    if type(w) not in _PLAIN_TENSOR_TYPES or type(d) not in _PLAIN_TENSOR_TYPES:
+        return False
+    if momentum != 0 and 1.0 - (1.0 - factor) != factor:
+        return False
+    if w.is_contiguous():
+        return d.is_contiguous() and (buf is None or buf.is_contiguous())
+    stride = w.stride()
+    return _is_dense(w) and d.stride() == stride and (buf is None or buf.stride() == stride)
+
+
+def _fused_update_(ws: List[Tensor], ds: List[Tensor], bufs: List[Tensor], factor: float, *, momentum: float,
+                   style: str, lr_value: float, weight_decay: float, maximize: bool) -> None:
+    """The update of tensors that share ``factor`` (lr * lambda for "paper", lambda for "sgd") by the fused
+    kernel, which updates each tensor of its lists on its own; ``bufs`` is empty if momentum is 0, and
+    ``weight_decay`` is 0 when the directions ``ds`` already hold the decay term."""
+    if momentum == 0:  # w = w - factor * d
+        torch._fused_sgd_(ws, ds, [], weight_decay=weight_decay, momentum=0.0, lr=factor, dampening=0.0,
+                          nesterov=False, maximize=maximize, is_first_step=False)
+    else:
+        torch._fused_sgd_(ws, ds, bufs, weight_decay=weight_decay, momentum=momentum,
+                          lr=1.0 if style == "paper" else lr_value, dampening=1.0 - factor,
+                          nesterov=False, maximize=maximize, is_first_step=False)
+
+
+def _as_float32(value: float) -> float:
+    """``value`` rounded to float32, as a ``_foreach_*`` op rounds a float ``alpha`` for float32 tensors."""
+    try:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:  # beyond float32's range
+        return value * float("inf")
+
+
+def _factor_values(direction_scale: Scale, sign: float, count: int,
+                   eager_cache: Optional["_EagerCache"]) -> List[float]:
+    """The multi-tensor path's per-tensor factors, without the sign of ``maximize``, as Python floats (a CPU
+    tensor's values: no device sync) for the fused kernel."""
+    if not isinstance(direction_scale, list):
+        return [_as_float32(direction_scale * sign)] * count
+    if eager_cache is not None and direction_scale is eager_cache.views:
+        values = eager_cache.vector.tolist()
+    else:
+        values = torch.stack(direction_scale).tolist()
+    return values if sign == 1.0 else [-v for v in values]
 
 
 def _multi_tensor_lars(
@@ -946,15 +1033,42 @@ def _multi_tensor_lars(
         direction_scale = scale * sign
         decay_scale, decay_value = scale * weight_decay, 1.0
 
-    chunks = [slice(0, count)]
-    if eager_cache is not None and device.type == "cpu":
-        chunks = eager_cache.update_chunks(params)
-    for part in chunks:
-        _update_(params[part], directions[part], momentum_buffer_list[part],
-                 direction_scale[part] if isinstance(direction_scale, list) else direction_scale,
-                 decay_scale[part] if isinstance(decay_scale, list) else decay_scale, decay_value,
-                 momentum=momentum, nesterov=nesterov, style=style, lr_value=lr_value,
-                 materialize_direction=materialize_direction, separate_decay_term=separate_decay_term)
+    update_opts = dict(momentum=momentum, nesterov=nesterov, style=style, lr_value=lr_value,
+                       materialize_direction=materialize_direction, separate_decay_term=separate_decay_term)
+    if _fused_update_applies(device, compute_dtype, nesterov, lr_value):
+        factors = _factor_values(direction_scale, sign, count, eager_cache)
+        fused_opts = dict(momentum=momentum, style=style, lr_value=lr_value, maximize=sign < 0,
+                          weight_decay=weight_decay if separate_decay_term else 0.0)
+        shared = not isinstance(direction_scale, list)  # one factor: one call for all the tensors that fit
+        fits, rest = [], []  # the tensors that the fused kernel cannot update exactly take the _foreach_* ops
+        for i in range(count):
+            buf = momentum_buffer_list[i] if momentum != 0 else None
+            if not _fits_fused_kernel(params[i], directions[i], buf, factors[i], momentum):
+                rest.append(i)
+            elif shared:
+                fits.append(i)
+            else:
+                _fused_update_([params[i]], [directions[i]], [buf] if momentum != 0 else [], factors[i],
+                               **fused_opts)
+        if fits:
+            _fused_update_([params[i] for i in fits], [directions[i] for i in fits],
+                           [momentum_buffer_list[i] for i in fits] if momentum != 0 else [], factors[0],
+                           **fused_opts)
+        if rest:
+            _update_([params[i] for i in rest], [directions[i] for i in rest],
+                     [momentum_buffer_list[i] for i in rest] if momentum != 0 else [],
+                     [direction_scale[i] for i in rest] if isinstance(direction_scale, list) else direction_scale,
+                     [decay_scale[i] for i in rest] if isinstance(decay_scale, list) else decay_scale, decay_value,
+                     **update_opts)
+    else:
+        chunks = [slice(0, count)]
+        if eager_cache is not None and device.type == "cpu":
+            chunks = eager_cache.update_chunks(params)
+        for part in chunks:
+            _update_(params[part], directions[part], momentum_buffer_list[part],
+                     direction_scale[part] if isinstance(direction_scale, list) else direction_scale,
+                     decay_scale[part] if isinstance(decay_scale, list) else decay_scale, decay_value,
+                     **update_opts)
 
     if upcast:
         torch._foreach_copy_(stored_params, params)
@@ -993,8 +1107,9 @@ def _update_(params: List[Tensor], directions: List[Tensor], momentum_buffer_lis
         torch._foreach_add_(params, steps, alpha=-lr_value)
 
 
-# The eager CPU update runs its _foreach ops on chunks of tensors of about this many elements in all (4 MB a
-# float32 list), so that a chunk's weights, gradients and buffers stay in the cache from one op to the next.
+# The eager CPU update by _foreach ops (float64, Nesterov; see _CPU_FUSED_UPDATE for the others) runs them on
+# chunks of tensors of about this many elements in all (4 MB a float32 list), so that a chunk's weights,
+# gradients and buffers stay in the cache from one op to the next.
 _UPDATE_CHUNK_NUMEL = 1 << 20
 
 

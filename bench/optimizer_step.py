@@ -1,12 +1,16 @@
 """Benchmark: time of one optimizer ``step()`` on the parameters of the project's CIFAR ResNet18.
 
 Compares, on the CPU, torch.optim.SGD(momentum=0.9, weight_decay=5e-4,
-foreach=True) with LARS (multi-tensor path; the same with its update in one chunk
-instead of ~1M-element chunks, ``_UPDATE_CHUNK_NUMEL``; a minimal multi-tensor LARS as the
-floor of an eager implementation built on ``_foreach_norm``, the update
-compiled by ``LARS.compile()`` with its defaults, and with torch.compile's own
-defaults: automatic dynamic shapes, all guards, Inductor's Python wrapper, size asserts and
-store-vs-recompute threshold, and the single-tensor path), at the given widths.
+foreach=True), the baseline of issue 15's targets, with SGD(fused=True) (torch's fused
+kernel: the fastest SGD step, for context) and LARS: the multi-tensor path (its update by
+torch's fused SGD kernel, one call per tensor, ``lars._CPU_FUSED_UPDATE``); the same with
+the update by ``_foreach_*`` ops in ~1M-element chunks (the route of Nesterov and float64,
+and of every step before 2026-11-30's fourth sitting); a minimal ``_foreach_*`` LARS (the
+reference point of issue 15: an eager implementation built on ``_foreach_norm`` with
+nothing else); the update compiled by ``LARS.compile()`` with its defaults, and with
+torch.compile's own defaults (automatic dynamic shapes, all guards, Inductor's Python
+wrapper, size asserts and store-vs-recompute threshold); and the single-tensor path, at
+the given widths.
 The optimizers share the parameter and gradient tensors (each keeps its own
 momentum buffers), as earlier versions of this benchmark did; their steps are
 interleaved, one step of each per round, so that drift of a shared machine
@@ -72,9 +76,9 @@ def resnet18_params(width: int, seed: int = 0):
 
 
 class MinimalLARS(torch.optim.Optimizer):
-    """The floor of an eager multi-tensor LARS on these tensors: one ``_foreach_norm`` over weights and
-    gradients, 0-d factors, the four update ops of ``LARS`` (paper momentum, coupled decay), and nothing
-    else: no zero-norm guard, no validation, dtypes, variants or caching.  Not a usable optimizer."""
+    """An eager multi-tensor LARS built on ``_foreach_*`` ops and nothing else: one ``_foreach_norm`` over
+    weights and gradients, 0-d factors, four ``_foreach_*`` update ops (paper momentum, coupled decay); no
+    zero-norm guard, no validation, dtypes, variants or caching.  Not a usable optimizer."""
 
     def __init__(self, params, lr, momentum, weight_decay, eta=0.001):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta))
@@ -94,16 +98,15 @@ class MinimalLARS(torch.optim.Optimizer):
         torch._foreach_sub_(params, self.buffers)
 
 
-def unchunked_lars(params, hyper) -> LARS:
-    """LARS(foreach=True) whose eager CPU update runs each _foreach op over all tensors at once (the update of
-    before 2026-11-30's second sitting): one chunk, chosen at its first step and kept."""
-    opt = LARS(params, foreach=True, **hyper)
-    saved, lars_module._UPDATE_CHUNK_NUMEL = lars_module._UPDATE_CHUNK_NUMEL, float("inf")
-    try:
-        opt.step()
-    finally:
-        lars_module._UPDATE_CHUNK_NUMEL = saved
-    return opt
+class ForeachUpdateLARS(LARS):
+    """LARS whose CPU update takes the ``_foreach_*`` ops, in chunks, instead of torch's fused SGD kernel."""
+
+    def step(self, closure=None):
+        saved, lars_module._CPU_FUSED_UPDATE = lars_module._CPU_FUSED_UPDATE, False
+        try:
+            return super().step(closure)
+        finally:
+            lars_module._CPU_FUSED_UPDATE = saved
 
 
 def timed_rounds(optimizers: dict, rounds: int, warmup: int, shuffle: bool, flush, seed: int) -> dict:
@@ -134,9 +137,10 @@ def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: b
     sgd = torch.optim.SGD(params, foreach=True, **hyper)
     optimizers = {
         "SGD foreach": sgd,
+        "SGD fused": torch.optim.SGD(params, fused=True, **hyper),
         "LARS foreach": LARS(params, foreach=True, **hyper),
-        "minimal LARS (floor)": MinimalLARS(params, **hyper),
-        "LARS, one chunk": unchunked_lars(params, hyper),
+        "LARS, _foreach update": ForeachUpdateLARS(params, foreach=True, **hyper),
+        "minimal _foreach LARS": MinimalLARS(params, **hyper),
     }
     compile_s = {}
     if compiled:
@@ -164,14 +168,14 @@ def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: b
           f"{'shuffled' if shuffle else 'fixed'} order{', cold caches' if cold else ''})")
     for name, seconds in compile_s.items():
         print(f"{name}: first step (compilation) {seconds:.1f} s")
-    print(f"{'optimizer':<22}{'min ms':>9}{'median ms':>11}{'min/SGD':>9}{'median/SGD':>12}{'paired':>9}")
+    print(f"{'optimizer':<23}{'min ms':>9}{'median ms':>11}{'min/SGD':>9}{'median/SGD':>12}{'paired':>9}")
     for table, names in ((times, list(times)), (single_times, ["LARS single"])):
         base = table["SGD foreach"]
         base_min, base_med = min(base), statistics.median(base)
         for name in names:
             t_min, t_med = min(table[name]), statistics.median(table[name])
             paired = statistics.median(t / b for t, b in zip(table[name], base))
-            print(f"{name:<22}{t_min * 1e3:>9.3f}{t_med * 1e3:>11.3f}{t_min / base_min:>8.2f}x"
+            print(f"{name:<23}{t_min * 1e3:>9.3f}{t_med * 1e3:>11.3f}{t_min / base_min:>8.2f}x"
                   f"{t_med / base_med:>11.2f}x{paired:>8.2f}x")
     print(f"(LARS single: in {len(single_times['SGD foreach'])} rounds of its own, against SGD's steps in them)")
 

@@ -203,10 +203,14 @@ def test_gradient_scale_invariance_without_weight_decay(foreach, style):
     assert max((x - y).abs().max().item() for x, y in zip(a, c)) > 1e-2
 
 
+@pytest.mark.parametrize("fused_kernel", [True, False])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
-def test_foreach_equals_single_tensor(variant, dtype):
-    """Same bits from both paths, in every variant and dtype."""
+def test_foreach_equals_single_tensor(monkeypatch, variant, dtype, fused_kernel):
+    """Same bits from both paths, in every variant and dtype, with the CPU update by torch's fused SGD kernel
+    (float32 and half precision, all but Nesterov) and by the _foreach_* ops."""
+    import lars as lars_module
+    monkeypatch.setattr(lars_module, "_CPU_FUSED_UPDATE", fused_kernel)
     cfg = {**BASE, **VARIANTS[variant]}
     ps0, grads = _make(SHAPES, dtype=dtype, zero_idx=(3,))
     grads_before = [[g.clone() for g in gs] for gs in grads]
@@ -239,10 +243,11 @@ def test_foreach_equals_single_tensor(variant, dtype):
                                      "no_adapt_sgd_nesterov"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_update_in_chunks_gives_the_same_bits(monkeypatch, variant, dtype):
-    """The eager CPU update runs its _foreach ops chunk by chunk (_UPDATE_CHUNK_NUMEL): with chunks of a few
-    tensors, the same bits as the single-tensor path."""
+    """The eager CPU update by the _foreach ops (float64, Nesterov, or without the fused kernel) runs chunk by
+    chunk (_UPDATE_CHUNK_NUMEL): with chunks of a few tensors, the same bits as the single-tensor path."""
     import lars as lars_module
     monkeypatch.setattr(lars_module, "_UPDATE_CHUNK_NUMEL", 20)
+    monkeypatch.setattr(lars_module, "_CPU_FUSED_UPDATE", False)
     cfg = {**BASE, **VARIANTS[variant]}
     ps0, grads = _make(SHAPES, dtype=dtype, zero_idx=(3,))
     (a, opt), (b, _) = (_run_lars(ps0, grads, LRS, cfg, foreach) for foreach in (True, False))
@@ -258,6 +263,7 @@ def test_factors_repeated_over_elements_give_the_same_bits(monkeypatch, variant,
     _foreach ops are fused) forced on the CPU: same bits as the 0-d route, with a channels-last
     tensor among them; with a tensor that is not dense it falls back to 0-d factors."""
     import lars as lars_module
+    monkeypatch.setattr(lars_module, "_CPU_FUSED_UPDATE", False)  # the route of the _foreach ops' operands
     cfg = {**BASE, **VARIANTS[variant]}
     shapes = [*SHAPES, (4, 3, 2, 2)]
     outs = []
@@ -287,6 +293,93 @@ def test_factors_repeated_over_elements_give_the_same_bits(monkeypatch, variant,
     lars_module._DENSE_LAYOUTS.clear()
     assert all(torch.equal(a, b) for a, b in zip(outs[0], outs[1]))
     assert all(torch.equal(a, b) for a, b in zip(outs[2], outs[3]))
+
+
+# --------------------------------------------------------------------------- #
+# The CPU update by torch's fused SGD kernel (lars._CPU_FUSED_UPDATE)
+# --------------------------------------------------------------------------- #
+def _count_fused_calls(monkeypatch):
+    """Each call of torch._fused_sgd_, as the number of tensors it updated."""
+    calls = []
+    real = torch._fused_sgd_
+    monkeypatch.setattr(torch, "_fused_sgd_", lambda ws, *a, **k: (calls.append(len(ws)), real(ws, *a, **k))[1])
+    return calls
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("variant,dtype,calls_per_step", [
+    ("paper", torch.float32, [1] * len(SHAPES)),  # one call per tensor: each has its own factor
+    ("sgd", torch.bfloat16, [1] * len(SHAPES)),  # through the float32 copies
+    ("momentum0_sgd_maximize", torch.float32, [1] * len(SHAPES)),
+    ("norm_update_maximize", torch.float32, [1] * len(SHAPES)),
+    ("no_adapt", torch.float32, None),  # one factor for all: one call (multi-tensor path), one per tensor (single)
+    ("nesterov_paper", torch.float32, []),  # Nesterov scales d outside the buffer: the _foreach_* ops
+    ("paper", torch.float64, []),  # float64 stays on the exact _foreach_* ops
+])
+def test_cpu_update_takes_the_fused_kernel_where_it_applies(monkeypatch, variant, dtype, calls_per_step, foreach):
+    calls = _count_fused_calls(monkeypatch)
+    cfg = {**BASE, **VARIANTS[variant]}
+    ps0, grads = _make(SHAPES, dtype=dtype)
+    _run_lars(ps0, grads, LRS, cfg, foreach)
+    if calls_per_step is None:
+        calls_per_step = [len(SHAPES)] if foreach else [1] * len(SHAPES)
+    assert calls == calls_per_step * len(LRS)
+
+
+def test_fused_kernel_routes_each_tensor_by_its_layout_and_factor(monkeypatch):
+    """Tensors whose weights, gradient and buffer lay out their elements differently, and a factor the kernel
+    cannot receive exactly (below ~2e-9, as 1 - dampening), take the _foreach_* ops, tensor by tensor: the same
+    bits from both paths, and the same values as the _foreach_* route everywhere (to float32 rounding)."""
+    import lars as lars_module
+    shapes = [(6, 4, 3, 3), (6, 4, 3, 3), (6, 4, 3, 3), (8, 5), (300, 256)]
+    gen = torch.Generator().manual_seed(3)
+    ps0 = [torch.randn(s, generator=gen) for s in shapes]
+    ps0[1] = ps0[1].contiguous(memory_format=torch.channels_last)  # with a channels-last grad: fits
+    ps0[2] = ps0[2].contiguous(memory_format=torch.channels_last)  # with a contiguous grad: does not fit
+    ps0[4].mul_(1e-8)  # ||w|| tiny against ||g||: lr * lambda ~ 1e-12
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in LRS]
+    for gs in grads:
+        gs[1] = gs[1].contiguous(memory_format=torch.channels_last)
+        gs[3] = gs[3].t().contiguous().t()  # column-major: does not fit
+    fitted = []
+    real = lars_module._fits_fused_kernel
+    monkeypatch.setattr(lars_module, "_fits_fused_kernel", lambda *a: (fitted.append(real(*a)), fitted[-1])[1])
+
+    def run(foreach):
+        ps = [p.clone(memory_format=torch.preserve_format).requires_grad_() for p in ps0]
+        opt = LARS(ps, lr=LRS[0], foreach=foreach, momentum=0.9, weight_decay=5e-4, eta=0.001)
+        for lr, gs in zip(LRS, grads):
+            opt.param_groups[0]["lr"] = lr
+            for p, g in zip(ps, gs):
+                p.grad = g
+            opt.step()
+        return [p.detach() for p in ps] + [opt.state[p]["momentum_buffer"] for p in ps]
+
+    multi = run(True)
+    assert fitted[:len(shapes)] == [True, True, False, False, False]
+    single = run(False)
+    assert all(torch.equal(a, b) for a, b in zip(multi, single))
+    monkeypatch.setattr(lars_module, "_CPU_FUSED_UPDATE", False)
+    for a, b in zip(multi, run(True)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if "nesterov" not in v])
+def test_fused_kernel_and_foreach_ops_agree_to_float32_rounding(monkeypatch, variant):
+    """The two CPU update routes compute the same formulas in a different order: float32 results within
+    rounding of each other, and both within float32 rounding of the float64 reference."""
+    import lars as lars_module
+    cfg = {**BASE, **VARIANTS[variant]}
+    ps0, grads = _make(SHAPES, dtype=torch.float32, zero_idx=(3,))
+    runs = []
+    for fused_kernel in (True, False):
+        monkeypatch.setattr(lars_module, "_CPU_FUSED_UPDATE", fused_kernel)
+        runs.append(_run_lars(ps0, grads, LRS, cfg, True)[0])
+    ref, _ = _run_lars([p.double() for p in ps0], [[g.double() for g in gs] for gs in grads], LRS, cfg, True)
+    for fused, ops, exact in zip(*runs, ref):
+        torch.testing.assert_close(fused, ops, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fused.double(), exact, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ops.double(), exact, rtol=1e-5, atol=1e-6)
 
 
 def test_foreach_none_picks_multi_tensor_on_cpu(monkeypatch):
