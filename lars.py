@@ -116,7 +116,7 @@ def _multi_tensor_allowed(params: List[Tensor]) -> bool:
     Unlike torch's own optimizers this holds on the CPU too: there the foreach
     kernels loop over the tensors in C++, and the trust ratios of all tensors
     come from one stacked vector, while single-tensor LARS pays about a dozen
-    small operations per tensor for its trust ratio: it measured 3.5-4x the
+    small operations per tensor for its trust ratio: it measured 3-4x the
     step time of SGD(foreach) at ResNet18 width 16 on the CPU (bench/optimizer_step.py),
     the multi-tensor path 1.1x.  Tensors on several devices are fine: the
     path groups them by device and dtype.
