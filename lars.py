@@ -1033,14 +1033,15 @@ def _multi_tensor_lars(
         direction_scale = scale * sign
         decay_scale, decay_value = scale * weight_decay, 1.0
 
-    update_opts = dict(momentum=momentum, nesterov=nesterov, style=style, lr_value=lr_value,
-                       materialize_direction=materialize_direction, separate_decay_term=separate_decay_term)
+    # the parts of the tensors that the _foreach_* ops update: slices on their own route, a list of indices
+    # for the tensors that the fused kernel cannot update exactly
+    parts: List[Union[slice, List[int]]] = [slice(0, count)]
     if _fused_update_applies(device, compute_dtype, nesterov, lr_value):
         factors = _factor_values(direction_scale, sign, count, eager_cache)
         fused_opts = dict(momentum=momentum, style=style, lr_value=lr_value, maximize=sign < 0,
                           weight_decay=weight_decay if separate_decay_term else 0.0)
         shared = not isinstance(direction_scale, list)  # one factor: one call for all the tensors that fit
-        fits, rest = [], []  # the tensors that the fused kernel cannot update exactly take the _foreach_* ops
+        fits, rest = [], []
         for i in range(count):
             buf = momentum_buffer_list[i] if momentum != 0 else None
             if not _fits_fused_kernel(params[i], directions[i], buf, factors[i], momentum):
@@ -1051,29 +1052,29 @@ def _multi_tensor_lars(
                 _fused_update_([params[i]], [directions[i]], [buf] if momentum != 0 else [], factors[i],
                                **fused_opts)
         if fits:
-            _fused_update_([params[i] for i in fits], [directions[i] for i in fits],
-                           [momentum_buffer_list[i] for i in fits] if momentum != 0 else [], factors[0],
-                           **fused_opts)
-        if rest:
-            _update_([params[i] for i in rest], [directions[i] for i in rest],
-                     [momentum_buffer_list[i] for i in rest] if momentum != 0 else [],
-                     [direction_scale[i] for i in rest] if isinstance(direction_scale, list) else direction_scale,
-                     [decay_scale[i] for i in rest] if isinstance(decay_scale, list) else decay_scale, decay_value,
-                     **update_opts)
-    else:
-        chunks = [slice(0, count)]
-        if eager_cache is not None and device.type == "cpu":
-            chunks = eager_cache.update_chunks(params)
-        for part in chunks:
-            _update_(params[part], directions[part], momentum_buffer_list[part],
-                     direction_scale[part] if isinstance(direction_scale, list) else direction_scale,
-                     decay_scale[part] if isinstance(decay_scale, list) else decay_scale, decay_value,
-                     **update_opts)
+            _fused_update_(_pick(params, fits), _pick(directions, fits), _pick(momentum_buffer_list, fits),
+                           factors[0], **fused_opts)
+        parts = [rest] if rest else []
+    elif eager_cache is not None and device.type == "cpu":
+        parts = eager_cache.update_chunks(params)
+    for part in parts:
+        _update_(_pick(params, part), _pick(directions, part), _pick(momentum_buffer_list, part),
+                 _pick(direction_scale, part), _pick(decay_scale, part), decay_value,
+                 momentum=momentum, nesterov=nesterov, style=style, lr_value=lr_value,
+                 materialize_direction=materialize_direction, separate_decay_term=separate_decay_term)
 
     if upcast:
         torch._foreach_copy_(stored_params, params)
         if stored_buffers:
             torch._foreach_copy_(stored_buffers, momentum_buffer_list)
+
+
+def _pick(values, part: Union[slice, List[int]]):
+    """The items of a per-tensor list or tuple (``_foreach_*`` ops return tuples) at ``part`` (a slice or
+    indices); a shared float factor, or the empty buffer list of momentum 0, as it is."""
+    if not isinstance(values, (list, tuple)) or not values:
+        return values
+    return values[part] if isinstance(part, slice) else [values[i] for i in part]
 
 
 def _update_(params: List[Tensor], directions: List[Tensor], momentum_buffer_list: List[Tensor],
