@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 SCHEDULES = ("poly", "cosine", "step", "geometric")
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 DATASETS = ("cifar10", "cifar100")
-MALLOC_MODES = ("reuse", "system")  # --malloc, see trainer.use_malloc
+MALLOC_MODES = ("reuse", "system")  # --malloc, see host_memory.py
 # numpy's seed range (the seed also seeds numpy).
 MAX_SEED = 2**32 - 1
 

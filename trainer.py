@@ -9,14 +9,11 @@ network one giant batch would compute. The seed's behaviours (short last step, p
 staircase lr, trust ratio with no zero case, uniform BN weights) are recipe options; see README.
 """
 import contextlib
-import ctypes
 import math
 import os
-import platform
 import random
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +25,7 @@ from tqdm import tqdm
 
 import config
 import data
+import host_memory
 import models
 import schedulers
 import store
@@ -239,47 +237,6 @@ def restore(parts, recipe, state, path):
     return state["epoch"], state["global_step"], state["best_top1"]
 
 
-# ---------------------------------------------------------------- host memory
-
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-# --malloc reuse: free memory at the top of the heap is returned to the system only beyond this much
-_MALLOC_KEEP_BYTES = 1 << 30
-# whether this process runs with --malloc reuse (glibc cannot go back to its adaptive defaults)
-_malloc_reused = False
-
-
-def use_malloc(mode):
-    """--malloc: how glibc's allocator treats tensor memory; returns whether `reuse` is in effect.
-
-    With glibc's defaults a block over its mmap threshold (128 KB at first; it adapts up to 32 MB) is mapped
-    fresh and unmapped when freed, so every large activation and gradient of every step touches new pages:
-    one page fault per 4 KB. `reuse` serves the blocks from the heap instead (M_MMAP_MAX 0; a thread other
-    than the main one still maps blocks over its 64 MB arena, but the CPU forward and backward allocate on the
-    main thread) and returns free memory at the heap's top only beyond 1 GB (M_TRIM_THRESHOLD): the resident
-    memory stays near the process's peak, ~15 % above glibc's defaults for the small nets measured. On this
-    project's 2-core VM (bench/train_loop.py): 1.50-1.65x the images/s of the CPU study's trials (AirbenchNet
-    width 16, batch 512, one thread), 1.16-1.36x for ResNet18 width 8; ResNet18 width 64 is compute-bound
-    (one-off runs: 0.91x, within their noise). Not measured with --cuda, where the host allocates little.
-    `system` keeps glibc's defaults. The setting is process-wide and one-way: a later `system` in the same
-    process warns and changes nothing. Not glibc (macOS, musl): nothing is set; an allocator preloaded with
-    LD_PRELOAD (jemalloc, tcmalloc) ignores glibc's settings.
-    """
-    global _malloc_reused
-    if mode not in config.MALLOC_MODES:
-        raise ValueError(f"malloc mode {mode!r}: expected one of {config.MALLOC_MODES}")
-    if mode == "system":
-        if _malloc_reused:
-            warnings.warn("--malloc system: this process already runs with --malloc reuse (glibc cannot undo it)")
-        return _malloc_reused
-    if not _malloc_reused and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        mallopt = ctypes.CDLL(None).mallopt
-        mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-        trimmed = mallopt(_M_TRIM_THRESHOLD, _MALLOC_KEEP_BYTES)
-        _malloc_reused = bool(mallopt(_M_MMAP_MAX, 0)) and bool(trimmed)
-    return _malloc_reused
-
-
 # ---------------------------------------------------------------- distributed set-up (torchrun)
 
 def init_distributed(cuda):
@@ -317,11 +274,11 @@ def run_trial(recipe, runtime, resume_id=None):
     """Run one trial to its end (or to --stop_after_epoch); returns a summary dict.
 
     `resume_id` continues that trial from its checkpoint (from scratch if it has none yet); --resume
-    continues the experiment's newest unfinished trial. Sets the process's allocator (`use_malloc`).
+    continues the experiment's newest unfinished trial. Sets the process's allocator (`host_memory.use_malloc`).
     """
     recipe = prepare(recipe, runtime)
     rank, world_size, device = init_distributed(runtime.cuda)
-    if not use_malloc(runtime.malloc) and runtime.malloc == "reuse" and rank == 0:
+    if not host_memory.use_malloc(runtime.malloc) and runtime.malloc == "reuse" and rank == 0:
         print("--malloc reuse: not glibc here; the system allocator's defaults stay", flush=True)
     try:
         summary = _run(recipe, runtime, resume_id, rank, world_size, device)

@@ -3,7 +3,7 @@
     python bench/concurrent_trials.py                # 2 AirbenchNet trials, 4096 synthetic images, 3 epochs (~2 min)
 
 A grid of N seeds (the CPU study's trial shape: AirbenchNet width 16, batch 512) runs as one sweep of
-`train.py --config` in a subprocess, three ways, on synthetic CIFAR-format files (tests/conftest.write_tiny_cifar):
+`train.py --config` in a subprocess, three ways, on synthetic CIFAR-format files (synthetic_cifar.write_tiny_cifar):
   split   --trials_per_gpu N, each trial with 1/N of the torch threads (the default, sweep._threads_per_trial);
   all     --trials_per_gpu N with OMP_NUM_THREADS set to all of them: each trial takes every thread, as every
           trial did before the split (the cores oversubscribed);
@@ -23,10 +23,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-from conftest import write_tiny_cifar  # noqa: E402
 import probe  # noqa: E402  (bench/probe.py)
 import store  # noqa: E402
+from synthetic_cifar import write_tiny_cifar  # noqa: E402
 from train_loop import steady_values  # noqa: E402  (bench/train_loop.py)
 
 

@@ -41,7 +41,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-sys.path.insert(0, os.path.join(ROOT, "tests"))  # conftest.write_tiny_cifar
 
 SHARED_ZIP = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg.zip")  # the team's ../shared
 CARRIED_ZIP = os.path.join(ROOT, ".gpu_data", "cifar10-subset.zip")
@@ -418,9 +417,9 @@ def section_accuracy(s, work, dry, budget_s=None):
 
 
 def section_concurrent(s, work, dry):
-    import conftest
+    import synthetic_cifar
     dataroot = os.path.join(work, "synthetic")
-    conftest.write_tiny_cifar(dataroot, n_train=s["conc_images"], n_test=1000 if not dry else 64)
+    synthetic_cifar.write_tiny_cifar(dataroot, n_train=s["conc_images"], n_test=1000 if not dry else 64)
     flags = ["--width", str(s["width"]), "--batch_size", str(s["conc_batch"]), "--epochs", str(s["conc_epochs"]),
              "--checkpoint_every", "1000", "--dataroot", dataroot, "--logroot", os.path.join(work, "logs")]
     if not dry:

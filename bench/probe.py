@@ -40,6 +40,6 @@ def add_malloc_argument(parser):
 
 
 def use_malloc(mode):
-    """Apply train.py's --malloc MODE to this process (trainer.use_malloc); returns what is in effect, in words."""
-    import trainer  # the project root is on sys.path in every bench script
-    return "reuse" if trainer.use_malloc(mode) else "system" if mode == "system" else "system (not glibc)"
+    """Apply train.py's --malloc MODE to this process (host_memory.use_malloc); returns what is in effect, in words."""
+    import host_memory  # the project root is on sys.path in every bench script
+    return "reuse" if host_memory.use_malloc(mode) else "system" if mode == "system" else "system (not glibc)"

@@ -6,7 +6,7 @@
         --epochs 3 --rounds 2 --no-compile          # (b) as the CPU study ran its trials (one thread each)
 
 Every run is `train.py` in a subprocess with the same flags on synthetic CIFAR-format files
-(tests/conftest.write_tiny_cifar), and its speed is the `images_per_s` of its epoch rows (training phase
+(synthetic_cifar.write_tiny_cifar), and its speed is the `images_per_s` of its epoch rows (training phase
 only: no evaluation, no checkpoint) in the epochs after the first: the median and the best of those epochs
 over all rounds are reported (the best is the least disturbed by other load on a shared machine).
   (a) new vs old: this checkout's train.py (trainer.run_trial: host sync every --log_interval steps) against
@@ -36,12 +36,11 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-from conftest import write_tiny_cifar  # noqa: E402
+import host_memory  # noqa: E402
 import models  # noqa: E402
 import probe  # noqa: E402  (bench/probe.py)
 import store  # noqa: E402
-import trainer  # noqa: E402
+from synthetic_cifar import write_tiny_cifar  # noqa: E402
 
 OLD_REVISION = "07e9aa6"
 OLD_ARCHS = ("ResNet18", "ResNet34", "ResNet50")  # the nets of OLD_REVISION
@@ -107,7 +106,7 @@ def main():
     # side: (code folder, extra flags, environment); the old train.py has no --malloc: glibc reads the same
     # settings from its environment at start. --amp none and no --channels_last are its defaults, as the new
     # one's on the CPU
-    reuse_env = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(trainer._MALLOC_KEEP_BYTES)}
+    reuse_env = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(host_memory.KEEP_BYTES)}
     sides = {"old": (None, [], reuse_env), "new, --malloc system": (ROOT, ["--malloc", "system"], None),
              "new": (ROOT, [], None)}
     rates = {side: [] for side in sides}

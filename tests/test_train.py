@@ -1,7 +1,6 @@
 """train.py and trainer.py end to end on tiny generated CIFAR files (real pickle format), on the CPU."""
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 import config
+import host_memory
 import store
 import train
 import trainer
@@ -120,62 +120,13 @@ def test_resume_gives_identical_metrics_and_parameters(tiny_cifar10, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-# A 40 MB tensor, over glibc's largest mmap threshold (32 MB): with its defaults each one is mapped fresh. With
-# reuse the heap grows over the first few (Python's own small blocks land between them), then serves them all.
-_ALLOCATE_AND_COUNT_FAULTS = """
-import resource, sys, torch, trainer
-print(trainer.use_malloc(sys.argv[1]))
-for _ in range(30):
-    torch.empty(10_000_000).fill_(1.0)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    torch.empty(10_000_000).fill_(1.0)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
-def test_malloc_reuse_keeps_freed_tensor_memory_mapped():
-    faults = {}
-    for mode in ("reuse", "system"):
-        done = subprocess.run([sys.executable, "-c", _ALLOCATE_AND_COUNT_FAULTS, mode], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        applied, count = done.stdout.split()
-        assert applied == str(mode == "reuse")
-        faults[mode] = int(count)
-    # system: each 40 MB block faults its pages in again (~10,000 4 KB pages, or 20 huge pages)
-    assert faults["system"] >= 10 * 20 and faults["reuse"] < faults["system"] / 10, faults
-
-
 def test_a_trial_sets_the_allocator_it_is_given(tiny_cifar10, tmp_path, monkeypatch):
     root, _ = tiny_cifar10
     modes = []
-    monkeypatch.setattr(trainer, "use_malloc", lambda mode: modes.append(mode) or mode == "reuse")
+    monkeypatch.setattr(host_memory, "use_malloc", lambda mode: modes.append(mode) or mode == "reuse")
     train.main(["system", "--malloc", "system", *tiny_flags(root, tmp_path, epochs=1)])
     train.main(["default", *tiny_flags(root, tmp_path, epochs=1)])
     assert modes == ["system", "reuse"]
-
-
-@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
-def test_malloc_reuse_is_one_way_and_modes_are_checked():
-    assert trainer.use_malloc("reuse") is True  # this test process keeps it, as every in-process trial sets it
-    with pytest.warns(UserWarning, match="cannot undo"):
-        assert trainer.use_malloc("system") is True
-    with pytest.raises(ValueError, match="malloc mode"):
-        trainer.use_malloc("jemalloc")
-
-
-def test_malloc_reuse_sets_nothing_without_glibc(monkeypatch):
-    def no_libc(*args, **kwargs):
-        raise AssertionError("mallopt called on a machine without glibc")
-
-    monkeypatch.setattr(trainer, "_malloc_reused", False)
-    monkeypatch.setattr(trainer.ctypes, "CDLL", no_libc)
-    for system, libc in (("Darwin", ("", "")), ("Linux", ("musl", "1.2"))):
-        monkeypatch.setattr(trainer.platform, "system", lambda: system)
-        monkeypatch.setattr(trainer.platform, "libc_ver", lambda: libc)
-        assert trainer.use_malloc("reuse") is False and trainer.use_malloc("system") is False
 
 
 @pytest.mark.slow
