@@ -1,4 +1,4 @@
-"""The CPU-scale study's comparisons under the rule written before it ran (README, "A CPU-scale study").
+"""The CPU-scale study's comparisons under the rule written before it ran (docs/cpu_study.md).
 
     python configs/cpu_study/compare_arms.py results/cpu_study --out images/cpu_study/comparisons.md
 
@@ -29,8 +29,8 @@ COMPARISONS = [
     ("the recipe: tuned LARS vs the seed recipe", "cpu_lars_tuned", "cpu_seed", (SMALLEST, 256) + LARGE, None, None),
     ("the optimizer: tuned LARS vs Nesterov SGD, same extras", "cpu_lars_tuned", "cpu_sgd_nesterov_tuned",
      (SMALLEST, 256) + LARGE, None, None),
-    ("large-batch drop of Nesterov SGD (vs its batch 64; added in the fifth sitting, not in the design)", "cpu_sgd_nesterov_tuned", "cpu_sgd_nesterov_tuned",
-     LARGE, None, None),
+    ("large-batch drop of Nesterov SGD (vs its batch 64; not in the design)", "cpu_sgd_nesterov_tuned",
+     "cpu_sgd_nesterov_tuned", LARGE, None, None),
     ("BatchNorm's batch: ghost BN 32 vs 128 (tuned LARS, same lr)", "cpu_ghost_bn", "cpu_lars_tuned", (2048,),
      {"ghost_batch_size": 32}, "same lr"),
     ("BatchNorm's batch: whole micro-batch vs ghost BN 128 (tuned LARS, same lr)", "cpu_ghost_bn",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs (or continues) the whole CPU-scale study (README, "A CPU-scale study"). Safe to stop and re-run at any
+# Runs (or continues) the whole CPU-scale study (docs/cpu_study.md). Safe to stop and re-run at any
 # time: the sweep skips finished trials and resumes unfinished ones (from scratch on a fresh machine, since
 # checkpoints are not committed). Seed 1 of every arm first, so that an interrupted study already covers every
 # comparison once; then the remaining seeds. Results go to results/cpu_study/EXPERIMENT/.
