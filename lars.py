@@ -42,6 +42,10 @@ _ZERO_NORM_TRUST = ("one", "formula")
 # less), so an update computed in float16 loses it entirely.
 _UPCAST_DTYPES = (torch.float16, torch.bfloat16)
 _PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
+# Param-group keys added after LARS's first version, with the value that a group without the key means (as
+# torch SGD fills ``foreach``, ``maximize``, ... when it loads an older state dict or pickle).
+_ADDED_KEYS = dict(eps=0.0, nesterov=False, momentum_style="paper", norm_mode="paper", trust_clip=False,
+                   maximize=False, foreach=None, zero_norm_trust="one", lars_adapt=True)
 # The hyper-parameters that are constants of a compiled update (all but lr, which is a graph input).
 _STATIC_HYPER = ("momentum", "weight_decay", "eta", "eps", "nesterov", "momentum_style", "norm_mode",
                  "trust_clip", "lars_adapt", "maximize", "zero_norm_trust")
@@ -265,8 +269,9 @@ class LARS(Optimizer):
         # load_state_dict and unpickling replace the param groups: drop the
         # layouts of the old ones (unpickling also creates the attributes)
         super().__setstate__(state)
-        for group in self.param_groups:  # state dicts saved before zero_norm_trust existed
-            group.setdefault("zero_norm_trust", "one")
+        for group in self.param_groups:  # state dicts and pickles written before a key existed
+            for key, value in _ADDED_KEYS.items():
+                group.setdefault(key, value)
         self._layouts = {}
         self.__dict__.setdefault("_compile_options", None)
         self.__dict__.setdefault("_compile_options_key", _frozen(self._compile_options))
