@@ -617,8 +617,8 @@ def test_tensor_lr_refused_at_construction_and_at_step():
     assert torch.equal(p.detach(), torch.ones(2))
 
 
-def test_changed_params_and_grads_between_steps_use_a_fresh_layout():
-    # the per-group device/dtype layout is cached; it must follow the tensors with a grad
+def test_changed_params_and_grads_between_steps():
+    # the tensors with a gradient change from step to step, and a parameter is added to the group in place
     ps0, grads = _make(SHAPES)
     ref = [p.clone().requires_grad_() for p in ps0]
     got = [p.clone().requires_grad_() for p in ps0]
@@ -722,9 +722,7 @@ def _steps(params, opt, grads_per_step):
 
 @pytest.mark.slow
 def test_compiled_configurations_each_run_their_own_graph():
-    # compile() drops Dynamo's guards on hyper-parameters (the optimizer picks the compiled copy of lars by
-    # its static configuration instead): two optimizers with different momentum, compiled in one process,
-    # must not run each other's graph (without isolate_recompiles, momentum 0.5 ran the 0.9 graph: 8e-3 off)
+    # two optimizers with different momentum, compiled in one process, must not run each other's graph
     torch.manual_seed(0)
     w0 = [torch.randn(8, 4), torch.randn(8)]
     grads_per_step = [[torch.randn_like(w) for w in w0] for _ in range(3)]
@@ -744,9 +742,8 @@ def test_compiled_configurations_each_run_their_own_graph():
 @pytest.mark.parametrize("variant", ["trust_clip_sgd_eps", "norm_update_maximize", "formula_update_trust_clip_sgd",
                                      "nesterov_paper"])
 def test_compiled_step_equals_eager_in_variants(variant):
-    # the compiled update computes each tensor's factor from its own norms (the eager path stacks them): the
-    # variants whose factor differs (clipping by the lr tensor, the sign, the update norm, no zero-norm case),
-    # with a zero weight among the tensors and the lr changing every step
+    # the variants whose factor takes lr as a tensor or the sign (clipping by the lr tensor, maximize, the update
+    # norm, no zero-norm case), with a zero weight among the tensors and the lr changing every step
     cfg = {**BASE, **VARIANTS[variant]}
     hp = {k: v for k, v in cfg.items() if k != "lars_adapt"}
     ps0, grads = _make(SHAPES, dtype=torch.float32, zero_idx=(3,))
@@ -767,8 +764,7 @@ def test_compiled_step_equals_eager_in_variants(variant):
 
 @pytest.mark.slow
 def test_compiled_step_follows_a_hyper_parameter_changed_between_steps():
-    # step() remembers the compiled update last used by a group (and the lr tensor it refills): a momentum
-    # changed on the group must switch to the update compiled for it, and lr must be read at every step
+    # a momentum changed on the group must switch to the update compiled for it, and lr is read at every step
     torch.manual_seed(2)
     w0 = [torch.randn(8, 4), torch.randn(8)]
     grads_per_step = [[torch.randn_like(w) for w in w0] for _ in range(4)]
