@@ -1,26 +1,18 @@
-"""Benchmark: what each of LARS.compile()'s CPU defaults is worth, and what a compiled call costs per tensor.
+"""Benchmark: the step of ``LARS.compile()`` against SGD(foreach), and what a compiled call costs per tensor.
 
 On the parameters of the project's CIFAR ResNet18 (one param group), each variant's ``step()`` is timed alone
 in blocks of steps (caches warm), the variants taking turns block by block; reported: the best step of each
-variant's best block and its ratio to SGD(foreach) in the same run.  Variants (each a separately compiled update):
-
-- ``LARS.compile()`` defaults;
-- with the norms stacked into vectors and one vectorised trust ratio, as the eager path computes them (the
-  compiled update of before 2026-11-30's second sitting; ``_COMPILED_PER_TENSOR_FACTORS`` off while it traces);
-- without the unrolled norms (``vector_norm`` for every tensor: ``_UNROLLED_NORM_NUMEL`` raised while it traces);
-- with Inductor's own ``realize_reads_threshold`` (4: the trust ratio recomputed in every vector iteration);
-- without both (per-tensor factors as in the defaults; otherwise the compiled update of before 2026-11-30, less
-  its one-thread option);
-- torch.compile's automatic dynamic shapes (``dynamic=None``), compiled after another configuration, as a
-  trainer's second param group is.
+variant's best block and its ratio to SGD(foreach) in the same run.  Variants: eager LARS, ``LARS.compile()``
+(static shapes), and ``LARS.compile(dynamic=None)`` (torch.compile's automatic dynamic shapes) compiled after
+another configuration, as a trainer's second param group is.
 
 Then the cost of getting tensors into a compiled call: ``torch._foreach_add_`` on n tensors of 16 elements,
-compiled with LARS.compile()'s Inductor options, for n = 1, 62, 124, 186 (the update of ResNet18 passes 187).
+compiled with torch.compile's defaults, for n = 1, 62, 124, 186 (the update of ResNet18 passes 187).
 
 The process takes train.py's host-memory setting (``--malloc``, default ``reuse``; see bench/optimizer_step.py).
 A memory-write probe runs before and after (see bench/probe.py).
 
-    python bench/compiled_step.py --width 16        # ~3 min on 2 cores with a cold Inductor cache
+    python bench/compiled_step.py --width 16        # a few minutes on 2 cores with a cold Inductor cache
 """
 
 from __future__ import annotations
@@ -33,33 +25,18 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import lars as lars_module  # noqa: E402
 import probe  # noqa: E402  (bench/probe.py)
+from lars import LARS  # noqa: E402
 from optimizer_step import resnet18_params  # noqa: E402  (bench/optimizer_step.py)
 
 HYPER = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
 
 
-# lars.py settings read while tracing, as a variant changes them
-NO_UNROLLED_NORMS = {"_UNROLLED_NORM_NUMEL": float("inf")}
-STACKED_FACTORS = {"_COMPILED_PER_TENSOR_FACTORS": False}
-
-
-def compiled_lars(params, settings: dict = None, **compile_options) -> lars_module.LARS:
-    """A LARS whose update is compiled (traced at its first step) with the given lars.py settings."""
-    opt = lars_module.LARS(params, foreach=True, **HYPER)
+def compiled_lars(params, **compile_options) -> LARS:
+    """A LARS whose update is compiled (traced at its first step)."""
+    opt = LARS(params, foreach=True, **HYPER)
     opt.compile(**compile_options)
-    settings = dict(settings or {})
-    if settings:
-        settings["_COMPILED_UPDATES"] = {}  # not the update another variant compiled with the same options
-    saved = {name: getattr(lars_module, name) for name in settings}
-    for name, value in settings.items():
-        setattr(lars_module, name, value)
-    try:
-        opt.step()  # traces and compiles with the settings above; the graph keeps them
-    finally:
-        for name, value in saved.items():
-            setattr(lars_module, name, value)
+    opt.step()
     return opt
 
 
@@ -77,16 +54,14 @@ def best_of_blocks(steps: dict, blocks: int, per_block: int) -> dict:
 
 
 def per_input_cost(blocks: int, per_block: int) -> None:
-    options = {"cpp_wrapper": True, "size_asserts": False, "realize_reads_threshold": 2}
-
     def add_one(tensors):
         torch._foreach_add_(tensors, 1.0)
 
-    print("\ncompiled _foreach_add_ on n tensors of 16 elements (LARS.compile()'s Inductor options)")
+    print("\ncompiled _foreach_add_ on n tensors of 16 elements")
     previous = None
     for n in (1, 62, 124, 186):
         tensors = [torch.zeros(16) for _ in range(n)]
-        call = torch.compile(add_one, fullgraph=True, dynamic=False, options=options)
+        call = torch.compile(add_one, fullgraph=True, dynamic=False)
         call(tensors)
         seconds = best_of_blocks({n: lambda: call(tensors)}, blocks, per_block)[n]
         extra = "" if previous is None else \
@@ -107,18 +82,14 @@ def main() -> None:
           f"ResNet18 width {args.width}, --malloc {malloc}")
     probes = [probe.memory_write_ms()]
     params = resnet18_params(args.width)
-    torch_default_realize = {"realize_reads_threshold": 4}
     started = time.perf_counter()
     # automatic dynamic shapes: another configuration (width 8) traced first, then this one, nothing in between
     compiled_lars(resnet18_params(8), dynamic=None)
     dynamic_shapes = compiled_lars(params, dynamic=None)
     steps = {
         "SGD foreach": torch.optim.SGD(params, foreach=True, **HYPER).step,
-        "LARS.compile() defaults": compiled_lars(params).step,
-        "stacked factors": compiled_lars(params, STACKED_FACTORS).step,
-        "without unrolled norms": compiled_lars(params, NO_UNROLLED_NORMS).step,
-        "realize_reads_threshold 4": compiled_lars(params, options=torch_default_realize).step,
-        "without both": compiled_lars(params, NO_UNROLLED_NORMS, options=torch_default_realize).step,
+        "LARS eager": LARS(params, foreach=True, **HYPER).step,
+        "LARS.compile()": compiled_lars(params).step,
         "automatic dynamic shapes": dynamic_shapes.step,
     }
     print(f"compiled {len(steps)} updates (the variants, and the width-8 one traced first) in {time.perf_counter() - started:.0f} s")

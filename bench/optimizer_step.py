@@ -1,46 +1,22 @@
 """Benchmark: time of one optimizer ``step()`` on the parameters of the project's CIFAR ResNet18.
 
-Compares, on the CPU, torch.optim.SGD(momentum=0.9, weight_decay=5e-4,
-foreach=True), the baseline of issue 15's targets, with SGD(fused=True) (torch's fused
-kernel: the fastest SGD step, for context) and LARS: the multi-tensor path (its update by
-torch's fused SGD kernel, one call per tensor, ``lars._CPU_FUSED_UPDATE``); the same with
-the update by ``_foreach_*`` ops in ~1M-element chunks (the route of Nesterov and float64,
-and of every step before 2026-11-30's fourth sitting); a minimal ``_foreach_*`` LARS (the
-reference point of issue 15: an eager implementation built on ``_foreach_norm`` with
-nothing else); the update compiled by ``LARS.compile()`` with its defaults, and with
-torch.compile's own defaults (automatic dynamic shapes, all guards, Inductor's Python
-wrapper, size asserts and store-vs-recompute threshold); and the single-tensor path, at
-the given widths.
-The optimizers share the parameter and gradient tensors (each keeps its own
-momentum buffers), as earlier versions of this benchmark did; their steps are
-interleaved, one step of each per round, so that drift of a shared machine
-affects all alike.  A step's time depends on which step ran before it: by
-default the order is shuffled every round, so no optimizer holds one place;
-``--fixed-order`` keeps the order of the table (the protocol of earlier
-versions and of the targets in issue 15).  The single-tensor path runs in
-rounds of its own (against SGD again): its ~7 ms step is nearly all small
-single-threaded ops, the second core idles, and on this project's 2-core VM
-the step after an idle gap pays to wake it (one-off, 2026-11-30: a compiled
-LARS step 0.72 ms back to back, 1.18 ms after a single-tensor step, 1.79 ms
-after a 7 ms sleep; SGD 0.78, 1.27, 1.80 ms), which in the fixed order, where
-the compiled step followed it, cost that row ~0.15x.  In a training loop the
-step follows the backward pass, both cores busy.  ``--cold``
-writes a 64 MB buffer before every timed step (untimed), as a training loop's
-forward and backward do: each step then reads its tensors from memory, not
-from the caches another step left warm.  Ratios are to
-SGD(foreach) in the same run: min over rounds (the quietest step) and median, and
-"paired": the median over rounds of the ratio of the two steps of one round
-(a drift of the machine's state during the run, which moves both, cancels).
+Compares, on the CPU, torch.optim.SGD(momentum=0.9, weight_decay=5e-4, foreach=True), the baseline, with
+SGD(fused=True) (torch's fused kernel: the fastest SGD step, for context) and LARS: the multi-tensor path
+(the default), the update compiled by ``LARS.compile()``, and the single-tensor path, at the given widths.
+The optimizers share the parameter and gradient tensors (each keeps its own momentum buffers); their steps
+are interleaved, one step of each per round, so that drift of a shared machine affects all alike, in an order
+shuffled every round (``--fixed-order`` keeps the table's order).  The single-tensor path runs in rounds of its
+own (against SGD again): its step is nearly all small single-threaded ops, the second core idles, and the step
+after an idle gap pays to wake it.  ``--cold`` writes a 64 MB buffer before every timed step (untimed), as a
+training loop's forward and backward do.  Ratios are to SGD(foreach) in the same run: min over rounds (the
+quietest step) and median, and "paired": the median over rounds of the ratio of the two steps of one round.
 
 The process takes train.py's host-memory setting (``--malloc``, default ``reuse``: glibc serves every block
-from its heap, see ``trainer.use_malloc``).  With glibc's defaults (``--malloc system``) SGD's step at width 64
-took 10-28 ms from run to run: its 45 MB temporary ``g + wd * w`` landed on reused heap memory or on freshly
-mapped pages that fault, as glibc's adaptive mmap threshold decided; LARS allocates no such temporary.
+from its heap, see ``trainer.use_malloc``).  With glibc's defaults SGD's step at width 64 varied 10-28 ms from
+run to run (its 45 MB temporary ``g + wd * w`` landed on reused or freshly mapped memory).
 
-A memory-write probe (an in-place ``add_`` on a 2.8 MB tensor; about 0.1 ms on
-a quiet machine) runs before and after each width: when the machine is slowed
-(several ms) the timings are not comparable and a warning says so.  A slowdown
-between two probes goes unseen; the medians (far above the minima) show it.
+A memory-write probe (bench/probe.py) runs before and after each width: when the machine is slowed the
+timings are not comparable and a warning says so.
 
     python bench/optimizer_step.py --rounds 40 --widths 16 64
 """
@@ -60,9 +36,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import models  # noqa: E402
 import probe  # noqa: E402  (bench/probe.py)
-import lars as lars_module  # noqa: E402
 from lars import LARS  # noqa: E402
-
 
 
 def resnet18_params(width: int, seed: int = 0):
@@ -73,40 +47,6 @@ def resnet18_params(width: int, seed: int = 0):
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen).mul_(0.01)
     return params
-
-
-class MinimalLARS(torch.optim.Optimizer):
-    """An eager multi-tensor LARS built on ``_foreach_*`` ops and nothing else: one ``_foreach_norm`` over
-    weights and gradients, 0-d factors, four ``_foreach_*`` update ops (paper momentum, coupled decay); no
-    zero-norm guard, no validation, dtypes, variants or caching.  Not a usable optimizer."""
-
-    def __init__(self, params, lr, momentum, weight_decay, eta=0.001):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta))
-        self.buffers = [torch.zeros_like(p) for p in self.param_groups[0]["params"]]
-
-    @torch.no_grad()
-    def step(self):
-        group = self.param_groups[0]
-        params = group["params"]
-        grads = [p.grad for p in params]
-        norms = torch.stack(torch._foreach_norm(params + grads))
-        w_norm, g_norm = norms[:len(params)], norms[len(params):]
-        factors = (w_norm * group["eta"] / (g_norm + w_norm * group["weight_decay"]) * group["lr"]).unbind(0)
-        torch._foreach_mul_(self.buffers, group["momentum"])
-        torch._foreach_addcmul_(self.buffers, grads, factors)
-        torch._foreach_addcmul_(self.buffers, params, factors, value=group["weight_decay"])
-        torch._foreach_sub_(params, self.buffers)
-
-
-class ForeachUpdateLARS(LARS):
-    """LARS whose CPU update takes the ``_foreach_*`` ops, in chunks, instead of torch's fused SGD kernel."""
-
-    def step(self, closure=None):
-        saved, lars_module._CPU_FUSED_UPDATE = lars_module._CPU_FUSED_UPDATE, False
-        try:
-            return super().step(closure)
-        finally:
-            lars_module._CPU_FUSED_UPDATE = saved
 
 
 def timed_rounds(optimizers: dict, rounds: int, warmup: int, shuffle: bool, flush, seed: int) -> dict:
@@ -139,26 +79,19 @@ def bench_width(width: int, rounds: int, warmup: int, compiled: bool, shuffle: b
         "SGD foreach": sgd,
         "SGD fused": torch.optim.SGD(params, fused=True, **hyper),
         "LARS foreach": LARS(params, foreach=True, **hyper),
-        "LARS, _foreach update": ForeachUpdateLARS(params, foreach=True, **hyper),
-        "minimal _foreach LARS": MinimalLARS(params, **hyper),
     }
     compile_s = {}
     if compiled:
-        torch_defaults = {"dynamic": None, "options": {"guard_filter_fn": None, "size_asserts": True,
-                                                       "cpp_wrapper": False, "realize_reads_threshold": 4}}
-        for name, options in (("LARS compiled", {}), ("compiled, torch dflt", torch_defaults)):
-            opt = LARS(params, foreach=True, **hyper)
-            opt.compile(**options)
-            t0 = time.perf_counter()
-            opt.step()  # compiles
-            compile_s[name] = time.perf_counter() - t0
-            optimizers[name] = opt
+        opt = LARS(params, foreach=True, **hyper)
+        opt.compile()
+        t0 = time.perf_counter()
+        opt.step()  # compiles
+        compile_s["LARS compiled"] = time.perf_counter() - t0
+        optimizers["LARS compiled"] = opt
 
     flush = torch.empty(16 << 20) if cold else None  # 64 MB: more than this CPU's 32 MB L3
     times = timed_rounds(optimizers, rounds, warmup, shuffle, flush, seed=width)
-    # The single-tensor step (~7 ms at width 16, nearly all of it small single-threaded ops) leaves the second
-    # core idle long enough that the next step pays to wake it: up to ~1 ms more for any step (see the module
-    # docstring).  So it runs in rounds of its own, against SGD again.
+    # the single-tensor step leaves the second core idle long enough that the next step pays to wake it
     single_times = timed_rounds({"SGD foreach": sgd, "LARS single": LARS(params, foreach=False, **hyper)},
                                 max(rounds // 3, 1), warmup, shuffle, flush, seed=width)
 

@@ -1,6 +1,7 @@
 """Tests for lars.py (CPU, small tensors; one CUDA test skips cleanly without a GPU)."""
 
 import copy
+import dataclasses
 import os
 import sys
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from lars import LARS, lars_param_groups  # noqa: E402
+from lars import LARS, LarsOptions, lars, lars_param_groups  # noqa: E402
 
 F64 = torch.float64
 
@@ -113,7 +114,7 @@ VARIANTS = {
                                       "momentum_style": "sgd"},
     "formula_nesterov_eps": {"zero_norm_trust": "formula", "nesterov": True, "eps": 1e-3},
 }
-SHAPES = [(4, 3, 3, 3), (4,), (6, 4), (6,), (5,), (260, 256)]  # 66560 elements: the eager CPU norm by dot
+SHAPES = [(4, 3, 3, 3), (4,), (6, 4), (6,), (5,), (26, 25)]
 LRS = [0.5, 0.1, 2.0, 0.05, 1.0]  # changes every step; some below and above lambda
 
 
@@ -203,14 +204,10 @@ def test_gradient_scale_invariance_without_weight_decay(foreach, style):
     assert max((x - y).abs().max().item() for x, y in zip(a, c)) > 1e-2
 
 
-@pytest.mark.parametrize("fused_kernel", [True, False])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
-def test_foreach_equals_single_tensor(monkeypatch, variant, dtype, fused_kernel):
-    """Same bits from both paths, in every variant and dtype, with the CPU update by torch's fused SGD kernel
-    (float32 and half precision, all but Nesterov) and by the _foreach_* ops."""
-    import lars as lars_module
-    monkeypatch.setattr(lars_module, "_CPU_FUSED_UPDATE", fused_kernel)
+def test_foreach_equals_single_tensor(variant, dtype):
+    """Same bits from both paths, in every variant and dtype."""
     cfg = {**BASE, **VARIANTS[variant]}
     ps0, grads = _make(SHAPES, dtype=dtype, zero_idx=(3,))
     grads_before = [[g.clone() for g in gs] for gs in grads]
@@ -239,23 +236,6 @@ def test_foreach_equals_single_tensor(monkeypatch, variant, dtype, fused_kernel)
         assert all(torch.equal(x, y) for x, y in zip(ba, bb))
 
 
-@pytest.mark.parametrize("variant", ["paper", "nesterov_sgd", "norm_update_maximize", "momentum0_sgd_maximize",
-                                     "no_adapt_sgd_nesterov"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_update_in_chunks_gives_the_same_bits(monkeypatch, variant, dtype):
-    """The eager CPU update by the _foreach ops (float64, Nesterov, or without the fused kernel) runs chunk by
-    chunk (_UPDATE_CHUNK_NUMEL): with chunks of a few tensors, the same bits as the single-tensor path."""
-    import lars as lars_module
-    monkeypatch.setattr(lars_module, "_UPDATE_CHUNK_NUMEL", 20)
-    monkeypatch.setattr(lars_module, "_CPU_FUSED_UPDATE", False)
-    cfg = {**BASE, **VARIANTS[variant]}
-    ps0, grads = _make(SHAPES, dtype=dtype, zero_idx=(3,))
-    (a, opt), (b, _) = (_run_lars(ps0, grads, LRS, cfg, foreach) for foreach in (True, False))
-    chunks = opt._layouts[id(opt.param_groups[0])].eager_caches[0].chunks
-    assert chunks == [slice(0, 1), slice(1, 3), slice(3, len(SHAPES))]
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-
-
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_factors_repeated_over_elements_give_the_same_bits(monkeypatch, variant, dtype):
@@ -263,13 +243,14 @@ def test_factors_repeated_over_elements_give_the_same_bits(monkeypatch, variant,
     _foreach ops are fused) forced on the CPU: same bits as the 0-d route, with a channels-last
     tensor among them; with a tensor that is not dense it falls back to 0-d factors."""
     import lars as lars_module
-    monkeypatch.setattr(lars_module, "_CPU_FUSED_UPDATE", False)  # the route of the _foreach ops' operands
     cfg = {**BASE, **VARIANTS[variant]}
     shapes = [*SHAPES, (4, 3, 2, 2)]
     outs = []
+    real_repeat = torch.repeat_interleave
     for expand, dense in ((False, True), (True, True), (False, False), (True, False)):
-        monkeypatch.setattr(lars_module, "_expands_factors", lambda device, e=expand: e)
-        lars_module._DENSE_LAYOUTS.clear()
+        monkeypatch.setattr(lars_module, "SCALAR_FACTOR_DEVICES", ("cpu",) if not expand else ())
+        repeats = []
+        monkeypatch.setattr(torch, "repeat_interleave", lambda *a, **k: repeats.append(1) or real_repeat(*a, **k))
         ps0, grads = _make(shapes, dtype=dtype, zero_idx=(3,))
         ps0[-1] = ps0[-1].contiguous(memory_format=torch.channels_last)
         for gs in grads:
@@ -286,112 +267,33 @@ def test_factors_repeated_over_elements_give_the_same_bits(monkeypatch, variant,
                 p.grad = g
             opt.step()
         outs.append([p.detach() for p in ps] + [opt.state[p].get("momentum_buffer", torch.zeros(())) for p in ps])
-        layouts = list(lars_module._DENSE_LAYOUTS.values())
-        if expand and cfg["lars_adapt"]:  # the flat route, unless a tensor is not dense (bfloat16
-            # parameters are updated through dense float32 copies)
-            assert layouts and all((layout is not None) == (dense or dtype != torch.float32) for layout in layouts)
-    lars_module._DENSE_LAYOUTS.clear()
+        # the flat route when the factors differ per tensor, unless a tensor is not dense (bfloat16 parameters
+        # are updated through dense float32 copies)
+        assert (len(repeats) == len(LRS)) == (expand and cfg["lars_adapt"] and (dense or dtype != torch.float32))
     assert all(torch.equal(a, b) for a, b in zip(outs[0], outs[1]))
     assert all(torch.equal(a, b) for a, b in zip(outs[2], outs[3]))
 
 
-# --------------------------------------------------------------------------- #
-# The CPU update by torch's fused SGD kernel (lars._CPU_FUSED_UPDATE)
-# --------------------------------------------------------------------------- #
-def _count_fused_calls(monkeypatch):
-    """Each call of torch._fused_sgd_, as the number of tensors it updated."""
-    calls = []
-    real = torch._fused_sgd_
-    monkeypatch.setattr(torch, "_fused_sgd_", lambda ws, *a, **k: (calls.append(len(ws)), real(ws, *a, **k))[1])
-    return calls
-
-
-@pytest.mark.parametrize("foreach", [True, False])
-@pytest.mark.parametrize("variant,dtype,calls_per_step", [
-    ("paper", torch.float32, [1] * len(SHAPES)),  # one call per tensor: each has its own factor
-    ("sgd", torch.bfloat16, [1] * len(SHAPES)),  # through the float32 copies
-    ("momentum0_sgd_maximize", torch.float32, [1] * len(SHAPES)),
-    ("norm_update_maximize", torch.float32, [1] * len(SHAPES)),
-    ("no_adapt", torch.float32, None),  # one factor for all: one call (multi-tensor path), one per tensor (single)
-    ("nesterov_paper", torch.float32, []),  # Nesterov scales d outside the buffer: the _foreach_* ops
-    ("paper", torch.float64, []),  # float64 stays on the exact _foreach_* ops
-])
-def test_cpu_update_takes_the_fused_kernel_where_it_applies(monkeypatch, variant, dtype, calls_per_step, foreach):
-    calls = _count_fused_calls(monkeypatch)
-    cfg = {**BASE, **VARIANTS[variant]}
-    ps0, grads = _make(SHAPES, dtype=dtype)
-    _run_lars(ps0, grads, LRS, cfg, foreach)
-    if calls_per_step is None:
-        calls_per_step = [len(SHAPES)] if foreach else [1] * len(SHAPES)
-    assert calls == calls_per_step * len(LRS)
-
-
-def test_fused_kernel_routes_each_tensor_by_its_layout_and_factor(monkeypatch):
-    """Tensors whose weights, gradient and buffer lay out their elements differently, and a factor the kernel
-    cannot receive exactly (below ~2e-9, as 1 - dampening), take the _foreach_* ops, tensor by tensor: the same
-    bits from both paths, and the same values as the _foreach_* route everywhere (to float32 rounding)."""
-    import lars as lars_module
-    shapes = [(6, 4, 3, 3), (6, 4, 3, 3), (6, 4, 3, 3), (8, 5), (300, 256)]
-    gen = torch.Generator().manual_seed(3)
-    ps0 = [torch.randn(s, generator=gen) for s in shapes]
-    ps0[1] = ps0[1].contiguous(memory_format=torch.channels_last)  # with a channels-last grad: fits
-    ps0[2] = ps0[2].contiguous(memory_format=torch.channels_last)  # with a contiguous grad: does not fit
-    ps0[4].mul_(1e-8)  # ||w|| tiny against ||g||: lr * lambda ~ 1e-12
-    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in LRS]
-    for gs in grads:
-        gs[1] = gs[1].contiguous(memory_format=torch.channels_last)
-        gs[3] = gs[3].t().contiguous().t()  # column-major: does not fit
-    fitted = []
-    real = lars_module._fits_fused_kernel
-    monkeypatch.setattr(lars_module, "_fits_fused_kernel", lambda *a: (fitted.append(real(*a)), fitted[-1])[1])
-
-    def run(foreach):
-        ps = [p.clone(memory_format=torch.preserve_format).requires_grad_() for p in ps0]
-        opt = LARS(ps, lr=LRS[0], foreach=foreach, momentum=0.9, weight_decay=5e-4, eta=0.001)
-        for lr, gs in zip(LRS, grads):
-            opt.param_groups[0]["lr"] = lr
-            for p, g in zip(ps, gs):
-                p.grad = g
-            opt.step()
-        return [p.detach() for p in ps] + [opt.state[p]["momentum_buffer"] for p in ps]
-
-    multi = run(True)
-    assert fitted[:len(shapes)] == [True, True, False, False, False]
-    single = run(False)
-    assert all(torch.equal(a, b) for a, b in zip(multi, single))
-    monkeypatch.setattr(lars_module, "_CPU_FUSED_UPDATE", False)
-    for a, b in zip(multi, run(True)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-
-
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if "nesterov" not in v])
-def test_fused_kernel_and_foreach_ops_agree_to_float32_rounding(monkeypatch, variant):
-    """The two CPU update routes compute the same formulas in a different order: float32 results within
-    rounding of each other, and both within float32 rounding of the float64 reference."""
-    import lars as lars_module
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_float32_follows_float64_to_float32_rounding(variant):
     cfg = {**BASE, **VARIANTS[variant]}
     ps0, grads = _make(SHAPES, dtype=torch.float32, zero_idx=(3,))
-    runs = []
-    for fused_kernel in (True, False):
-        monkeypatch.setattr(lars_module, "_CPU_FUSED_UPDATE", fused_kernel)
-        runs.append(_run_lars(ps0, grads, LRS, cfg, True)[0])
+    got, _ = _run_lars(ps0, grads, LRS, cfg, True)
     ref, _ = _run_lars([p.double() for p in ps0], [[g.double() for g in gs] for gs in grads], LRS, cfg, True)
-    for fused, ops, exact in zip(*runs, ref):
-        torch.testing.assert_close(fused, ops, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(fused.double(), exact, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(ops.double(), exact, rtol=1e-5, atol=1e-6)
+    for x, exact in zip(got, ref):
+        torch.testing.assert_close(x.double(), exact, rtol=1e-5, atol=1e-6)
 
 
-def test_foreach_none_picks_multi_tensor_on_cpu(monkeypatch):
-    import lars as lars_module
-    calls = []
-    real = lars_module._multi_tensor_lars
-    monkeypatch.setattr(lars_module, "_multi_tensor_lars", lambda *a, **k: (calls.append(1), real(*a, **k)))
+def test_foreach_none_picks_multi_tensor_on_cpu():
+    # the functional core reports its buckets: one per device and dtype (multi-tensor), one per tensor (single)
     ps0, grads = _make(SHAPES)
-    a, _ = _run_lars(ps0, grads, LRS, {**BASE}, None)
-    assert len(calls) == len(LRS)  # the multi-tensor path ran at every step
-    b, _ = _run_lars(ps0, grads, LRS, {**BASE}, False)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    ps = [p.clone() for p in ps0]
+    buckets = lars(ps, grads[0], [None] * len(ps), lr=0.1, options=LarsOptions(), foreach=None)
+    assert [indices for indices, _ in buckets] == [list(range(len(SHAPES)))]
+    single = [p.clone() for p in ps0]
+    buckets = lars(single, grads[0], [None] * len(ps), lr=0.1, options=LarsOptions(), foreach=False)
+    assert [indices for indices, _ in buckets] == [[i] for i in range(len(SHAPES))]
+    assert all(torch.equal(x, y) for x, y in zip(ps, single))
 
 
 @pytest.mark.parametrize("foreach", [False, True])
@@ -715,8 +617,8 @@ def test_tensor_lr_refused_at_construction_and_at_step():
     assert torch.equal(p.detach(), torch.ones(2))
 
 
-def test_changed_params_and_grads_between_steps_use_a_fresh_layout():
-    # the per-group device/dtype layout is cached; it must follow the tensors with a grad
+def test_changed_params_and_grads_between_steps():
+    # the tensors with a gradient change from step to step, and a parameter is added to the group in place
     ps0, grads = _make(SHAPES)
     ref = [p.clone().requires_grad_() for p in ps0]
     got = [p.clone().requires_grad_() for p in ps0]
@@ -739,8 +641,6 @@ def test_changed_params_and_grads_between_steps_use_a_fresh_layout():
 def test_a_step_under_inference_mode_leaves_no_inference_tensor_behind(monkeypatch, compiled):
     # the tensors step() keeps between steps (factor vector, lr tensor) are made by the first step of a layout:
     # under inference_mode they would be inference tensors, which a later normal step may not write
-    import lars as lars_module
-    monkeypatch.setattr(lars_module, "_COMPILED_UPDATES", {})
     monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)  # the update "compiled" by a stub
     p, q = torch.randn(4, 3, requires_grad=True), torch.randn(3, requires_grad=True)
     opt = LARS([p, q], lr=0.1, momentum=0.9)
@@ -822,9 +722,7 @@ def _steps(params, opt, grads_per_step):
 
 @pytest.mark.slow
 def test_compiled_configurations_each_run_their_own_graph():
-    # compile() drops Dynamo's guards on hyper-parameters (the optimizer picks the compiled copy of lars by
-    # its static configuration instead): two optimizers with different momentum, compiled in one process,
-    # must not run each other's graph (without isolate_recompiles, momentum 0.5 ran the 0.9 graph: 8e-3 off)
+    # two optimizers with different momentum, compiled in one process, must not run each other's graph
     torch.manual_seed(0)
     w0 = [torch.randn(8, 4), torch.randn(8)]
     grads_per_step = [[torch.randn_like(w) for w in w0] for _ in range(3)]
@@ -844,9 +742,8 @@ def test_compiled_configurations_each_run_their_own_graph():
 @pytest.mark.parametrize("variant", ["trust_clip_sgd_eps", "norm_update_maximize", "formula_update_trust_clip_sgd",
                                      "nesterov_paper"])
 def test_compiled_step_equals_eager_in_variants(variant):
-    # the compiled update computes each tensor's factor from its own norms (the eager path stacks them): the
-    # variants whose factor differs (clipping by the lr tensor, the sign, the update norm, no zero-norm case),
-    # with a zero weight among the tensors and the lr changing every step
+    # the variants whose factor takes lr as a tensor or the sign (clipping by the lr tensor, maximize, the update
+    # norm, no zero-norm case), with a zero weight among the tensors and the lr changing every step
     cfg = {**BASE, **VARIANTS[variant]}
     hp = {k: v for k, v in cfg.items() if k != "lars_adapt"}
     ps0, grads = _make(SHAPES, dtype=torch.float32, zero_idx=(3,))
@@ -867,8 +764,7 @@ def test_compiled_step_equals_eager_in_variants(variant):
 
 @pytest.mark.slow
 def test_compiled_step_follows_a_hyper_parameter_changed_between_steps():
-    # step() remembers the compiled update last used by a group (and the lr tensor it refills): a momentum
-    # changed on the group must switch to the update compiled for it, and lr must be read at every step
+    # a momentum changed on the group must switch to the update compiled for it, and lr is read at every step
     torch.manual_seed(2)
     w0 = [torch.randn(8, 4), torch.randn(8)]
     grads_per_step = [[torch.randn_like(w) for w in w0] for _ in range(4)]
@@ -909,40 +805,10 @@ def test_compiled_step_recompiles_when_a_tensor_layout_changes():
     torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-7)
 
 
-def test_compiled_configurations_past_the_limit_run_eagerly(monkeypatch):
-    # a momentum schedule would compile a copy per value: past the limit new configurations run eagerly
-    import lars as lars_module
-    compiled_copies = []
-    monkeypatch.setattr(lars_module, "_MAX_COMPILED_UPDATES", 2)
-    monkeypatch.setattr(lars_module, "_COMPILED_UPDATES", {})  # the stub's "compiled" updates stay here
-    p = torch.ones(3, requires_grad=True)
-    opt = LARS([p], lr=0.1)
-    opt.compile()
-    monkeypatch.setattr(torch, "compile", lambda fn, **options: compiled_copies.append(fn) or fn)
-    for momentum in (0.9, 0.8, 0.7):
-        opt.param_groups[0]["momentum"] = momentum
-        p.grad = torch.ones(3)
-        if momentum == 0.7:
-            with pytest.warns(UserWarning, match="runs eagerly"):
-                opt.step()
-        else:
-            opt.step()
-    assert len(compiled_copies) == 2 and len(opt._compiled_updates) == 2
 
 
-@pytest.mark.parametrize("user_options,expected", [
-    ({}, {"cpp_wrapper": True, "realize_reads_threshold": 2, "size_asserts": False, "guard_filter_fn": "kept"}),
-    ({"options": {"cpp_wrapper": False, "guard_filter_fn": None}},
-     {"cpp_wrapper": False, "realize_reads_threshold": 2, "size_asserts": False}),
-    ({"dynamic": None}, {"cpp_wrapper": True, "realize_reads_threshold": 2, "size_asserts": False,
-                         "guard_filter_fn": "kept"}),
-    ({"backend": "eager"}, {"guard_filter_fn": "kept"}),  # no Inductor options for another backend
-    ({"mode": "max-autotune"}, None),  # torch.compile takes a mode or options
-])
-def test_compile_options_on_the_cpu(monkeypatch, user_options, expected):
-    # defaults on the CPU (static shapes, C++ wrapper, factors computed once, the kept guards), overridable
-    import lars as lars_module
-    monkeypatch.setattr(lars_module, "_COMPILED_UPDATES", {})
+@pytest.mark.parametrize("user_options", [{}, {"dynamic": None}, {"backend": "eager"}, {"mode": "max-autotune"}])
+def test_compile_options_go_to_torch_compile(monkeypatch, user_options):
     seen = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
     p = torch.ones(3, requires_grad=True)
@@ -950,30 +816,26 @@ def test_compile_options_on_the_cpu(monkeypatch, user_options, expected):
     opt.compile(**user_options)
     p.grad = torch.ones(3)
     opt.step()
-    options = {}
-    if expected is not None:
-        options = {"options": {k: lars_module._kept_guards if v == "kept" else v for k, v in expected.items()}}
-    assert seen == [{"fullgraph": True, "isolate_recompiles": True, "dynamic": False, **user_options, **options}]
+    assert seen == [{"fullgraph": True, "isolate_recompiles": True, "dynamic": False, **user_options}]
+    assert not torch.equal(p.detach(), torch.ones(3))
 
 
-@pytest.mark.slow
-def test_compiled_updates_are_shared_by_optimizers_of_one_configuration():
-    # Dynamo caps the graphs of one function at 256 over all torch.compile calls: optimizers of the same
-    # configuration share one compiled update instead of compiling their own
-    opts = []
-    for _ in range(2):
-        p = torch.ones(4, 3, requires_grad=True)
-        opt = LARS([p], lr=0.1, momentum=0.8)
-        opt.compile()
-        p.grad = torch.ones(4, 3)
-        opt.step()
-        opts.append(opt)
-    assert list(opts[0]._compiled_updates.values()) == list(opts[1]._compiled_updates.values())
-    other = LARS([torch.ones(4, 3, requires_grad=True)], lr=0.1, momentum=0.7)
-    other.compile()
-    other.param_groups[0]["params"][0].grad = torch.ones(4, 3)
-    other.step()
-    assert list(other._compiled_updates.values())[0] is not list(opts[0]._compiled_updates.values())[0]
+def test_compiled_configurations_past_the_limit_run_eagerly(monkeypatch):
+    # a momentum schedule compiles a function per value: past 8 in one optimizer new values run eagerly
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: compiled.append(fn) or fn)
+    p = torch.ones(3, requires_grad=True)
+    opt = LARS([p], lr=0.1)
+    opt.compile()
+    for k in range(9):
+        opt.param_groups[0]["momentum"] = 0.9 - 0.01 * k
+        p.grad = torch.ones(3)
+        if k == 8:
+            with pytest.warns(UserWarning, match="runs eagerly"):
+                opt.step()
+        else:
+            opt.step()
+    assert len(compiled) == 8
 
 
 @pytest.mark.slow
@@ -998,106 +860,14 @@ def test_compiled_step_recompiles_when_two_parameters_stop_sharing_a_gradient():
         torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: torch.randn(4099),                                            # a tail after the last full row
-    lambda: torch.randn(16, 8, 3, 3).to(memory_format=torch.channels_last),  # dense, not contiguous
-    lambda: torch.randn(64, 33).t(),                                      # dense, transposed
-    lambda: torch.randn(40, 64)[:, ::2],                                  # not dense: a copy, still right
-    lambda: torch.randn(2048, dtype=torch.float64),
-], ids=["tail", "channels_last", "transposed", "strided", "float64"])
-def test_unrolled_sum_of_squares_equals_the_plain_sum(make):
-    import lars as lars_module
-    t = make()
-    expected = t.double().square().sum()
-    torch.testing.assert_close(lars_module._unrolled_sum_of_squares(t).double(), expected, rtol=1e-5, atol=0)
-
-
-def _eager_norm_tensors():
-    """Tensors for the eager CPU norms: both sides of _DOT_NORM_NUMEL, every route of _NormPlan."""
-    import lars as lars_module
-    torch.manual_seed(4)
-    ts = [torch.randn(70001), torch.randn(64, 32, 6, 6).to(memory_format=torch.channels_last),
-          torch.randn(300, 250).t(), torch.randn(300, 500)[:, ::2], torch.randn(8), torch.randn(3, 5),
-          torch.randn(0), torch.zeros(7), torch.randn(1000)[::3], torch.randn(1024), torch.randn(40, 30),
-          torch.randn(65536)]
-    plan = lars_module._NormPlan(ts)
-    assert plan.by_dot == [0, 1, 2, 3, 11] and plan.by_segment == [4, 6, 7, 8]
-    assert plan.by_foreach == [5, 9, 10]
-    return ts
-
-
-def test_eager_cpu_norms_are_the_norms_in_order():
-    import lars as lars_module
-    ts = _eager_norm_tensors()
-    got = lars_module._norms(ts)
-    expected = torch.stack([t.double().square().sum().sqrt() for t in ts])
-    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=0)  # float32 sums of up to 75000 squares
-    assert got.dtype == torch.float32 and got.shape == (len(ts),)
-    f64 = [t.double() for t in ts]
-    torch.testing.assert_close(lars_module._norms(f64), expected, rtol=1e-13, atol=0)
-
-
-def test_eager_cpu_norm_of_a_tensor_does_not_depend_on_its_list():
-    # the single-tensor and multi-tensor paths pass different lists: each tensor's norm must have the same
-    # bits in any list (and with a plan kept between steps)
-    import lars as lars_module
-    ts = _eager_norm_tensors()
-    together = lars_module._norms(ts)
-    kept = lars_module._NormPlan(ts)
-    assert torch.equal(lars_module._norms(ts, kept), together)
-    assert torch.equal(lars_module._norms(ts[::-1]), together.flip(0))
-    for i, t in enumerate(ts):
-        assert torch.equal(lars_module._norms([t, ts[-1 - i]])[0], together[i])
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_paths_agree_at_the_norm_route_boundaries(dtype):
-    # each side of each route's bound (_SEGMENTED_NORM_NUMEL for 1-d tensors, _DOT_NORM_NUMEL), a transposed
-    # and a channels-last tensor: same bits from both paths, and close to the float64 reference
-    import lars as lars_module
-    seg, dot = lars_module._SEGMENTED_NORM_NUMEL, lars_module._DOT_NORM_NUMEL
-    shapes = [(seg - 1,), (seg,), (dot - 1,), (dot,), (2, seg // 2), (64, dot // 64), (0,)]
-    ps0, grads = _make(shapes, dtype=torch.float64)
-    ps0 += [torch.randn(dot // 32, 32, dtype=torch.float64).t(),
-            torch.randn(32, 32, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last)]
-    for gs in grads:
-        gs += [torch.randn_like(p) for p in ps0[len(shapes):]]
-    routes = lars_module._NormPlan([p.to(dtype) for p in ps0])
-    assert routes.by_segment == [0, 6] and routes.by_dot == [3, 5, 7, 8] and routes.by_foreach == [1, 2, 4]
-    cfg = {**BASE}
-    low = [[g.to(dtype) for g in gs] for gs in grads]
-    (a, _), (b, _) = (_run_lars([p.to(dtype) for p in ps0], low, LRS, cfg, foreach) for foreach in (True, False))
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    ws = [p.clone() for p in ps0]
-    bufs = [torch.zeros_like(p) for p in ps0]
-    for lr, gs in zip(LRS, grads):
-        reference_step(ws, gs, bufs, lr, cfg)
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    for got, ref in zip(a, ws):
-        torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol)
-
-
-def test_eager_cpu_norm_plan_refuses_a_changed_size():
-    # a plan is kept while the group's tensors stay the same; a small tensor that changed size in place
-    # (p.data = ...) must not be summed over another tensor's elements
-    import lars as lars_module
-    ts = [torch.randn(5), torch.randn(7)]
-    plan = lars_module._NormPlan(ts)
-    with pytest.raises(RuntimeError):
-        plan.norms([torch.randn(6), torch.randn(7)])
-
-
 @pytest.mark.slow
-def test_compiled_step_with_unrolled_norms_equals_eager():
-    # tensors of >= _UNROLLED_NORM_NUMEL elements get the unrolled norm in the compiled graph (the tests above
-    # use smaller ones): every layout it takes, in one graph, against the eager step (norms summed in
-    # another order: close, not equal)
-    import lars as lars_module
+def test_compiled_step_with_every_layout_equals_eager():
+    # a tail after full vector rows, channels-last, transposed, strided (not dense) and a small tensor in one
+    # graph, against the eager step (the compiled norms sum in another order: close, not equal)
     torch.manual_seed(3)
     w0 = [torch.randn(4099), torch.randn(16, 8, 3, 3).to(memory_format=torch.channels_last),
           torch.randn(64, 33).t(), torch.randn(40, 64)[:, ::2], torch.randn(8)]
-    assert sum(w.numel() >= lars_module._UNROLLED_NORM_NUMEL for w in w0) == 4
-    assert not w0[3].is_contiguous() and not lars_module._is_dense(w0[3])
+    assert not w0[3].is_contiguous() and not w0[3].is_contiguous(memory_format=torch.channels_last)
     grads_per_step = [[torch.randn_like(w) for w in w0] for _ in range(3)]
     results = []
     for compiled in (False, True):
@@ -1132,3 +902,109 @@ def test_compiled_groups_get_static_shapes(dynamic, expect_static):
     opt.step()
     assert len(graphs_static) == 2 and graphs_static[0]
     assert graphs_static[1] is expect_static
+
+
+# --------------------------------------------------------------------------- #
+# trust_ratio_stats(): the step's own norms and trust ratios
+# --------------------------------------------------------------------------- #
+def _expected_stats(ws, gs, lr, cfg):
+    """(||w||, denominator norm, lambda) per tensor in float64, by the formulas of the class docstring."""
+    out = []
+    for w, g in zip(ws, gs):
+        w, g = w.double(), g.double() * (-1.0 if cfg["maximize"] else 1.0)
+        w_norm = w.norm()
+        u_norm = (g + cfg["weight_decay"] * w).norm() if cfg["norm_mode"] == "update" else g.norm()
+        denominator = u_norm + (cfg["weight_decay"] * w_norm if cfg["norm_mode"] == "paper" else 0.0) + cfg["eps"]
+        ratio = cfg["eta"] * w_norm / denominator
+        if cfg["zero_norm_trust"] == "one" and (w_norm == 0 or u_norm == 0):
+            ratio = torch.tensor(1.0, dtype=F64)
+        if cfg["trust_clip"]:
+            ratio = torch.clamp(ratio, max=lr) / lr
+        out.append((w_norm, u_norm, ratio))
+    return out
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("variant", ["paper", "norm_update_maximize", "trust_clip_sgd_eps", "momentum0", "formula"])
+def test_trust_ratio_stats_are_the_step_own_values(variant, foreach):
+    cfg = {**BASE, **VARIANTS[variant]}
+    hp = {k: v for k, v in cfg.items() if k != "lars_adapt"}
+    dtypes = [torch.float32, torch.float64, torch.bfloat16, torch.float32, torch.float16, torch.float64]
+    ps0, grads = _make(SHAPES, zero_idx=(3,))
+    ps = [p.to(d).requires_grad_() for p, d in zip(ps0, dtypes)]
+    bias = torch.ones(3, requires_grad=True)
+    opt = LARS([{"params": ps}, {"params": [bias], "lars_adapt": False}], lr=0.5, foreach=foreach, **hp)
+    assert opt.trust_ratio_stats() == []
+    for step in range(2):
+        before = [p.detach().clone() for p in ps]
+        for i, (p, g) in enumerate(zip(ps, grads[step])):
+            p.grad = None if (step == 1 and i == 1) else g.to(p.dtype)
+        bias.grad = torch.ones(3)
+        opt.step()
+        stats = opt.trust_ratio_stats()
+        # one entry per device/dtype of the adapted group with a gradient, in order of first appearance
+        with_grad = [i for i in range(len(ps)) if ps[i].grad is not None]
+        keys = list(dict.fromkeys(ps[i].dtype for i in with_grad))
+        assert [entry[0][0].dtype for entry in stats] == keys
+        seen = []
+        for params, w_norms, g_norms, ratios in stats:
+            assert all(q.dtype == params[0].dtype for q in params)
+            want = torch.float32 if params[0].dtype in (torch.float16, torch.bfloat16) else params[0].dtype
+            for t in (w_norms, g_norms, ratios):
+                assert t.dim() == 1 and len(t) == len(params) and t.dtype == want and t.device == params[0].device
+            for k, q in enumerate(params):
+                i = next(j for j in with_grad if ps[j] is q)
+                seen.append(i)
+                exact = _expected_stats([before[i]], [q.grad], 0.5, cfg)[0]
+                for got, value in zip((w_norms[k], g_norms[k], ratios[k]), exact):
+                    torch.testing.assert_close(got.double(), value, rtol=2e-3 if want == torch.float32 else 1e-12,
+                                               atol=0, equal_nan=True)
+        assert sorted(seen) == with_grad
+
+
+def test_trust_ratio_stats_need_no_host_sync(monkeypatch):
+    reads = []
+    for name in ("item", "tolist", "__float__", "__bool__", "__int__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real, **k: reads.append(1) or _real(self, *a, **k))
+    ps0, grads = _make(SHAPES)
+    ps = [p.clone().requires_grad_() for p in ps0]
+    for foreach in (True, False):
+        opt = LARS(ps, lr=0.1, foreach=foreach)
+        for p, g in zip(ps, grads[0]):
+            p.grad = g
+        opt.step()
+        stats = opt.trust_ratio_stats()
+        assert len(stats) == 1 and len(stats[0][0]) == len(ps)
+    assert reads == []
+
+
+@pytest.mark.slow
+def test_trust_ratio_stats_under_compile():
+    ps0, grads = _make(SHAPES, dtype=torch.float32)
+    runs = []
+    for compiled in (False, True):
+        ps = [p.clone().requires_grad_() for p in ps0]
+        adapted = [p for p in ps if p.ndim > 1]
+        groups = [{"params": adapted}, {"params": [p for p in ps if p.ndim <= 1], "lars_adapt": False}]
+        opt = LARS(groups, lr=0.3, eta=0.02, weight_decay=5e-3)
+        if compiled:
+            opt.compile()
+        _steps(ps, opt, grads[:2])
+        stats = opt.trust_ratio_stats()
+        assert len(stats) == 1 and all(a is b for a, b in zip(stats[0][0], adapted, strict=True))
+        runs.append(stats[0])
+    eager, compiled = runs
+    for a, b in zip(eager[1:], compiled[1:]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_options_are_defined_once_and_unknown_ones_refused():
+    p = torch.ones(2, requires_grad=True)
+    opt = LARS([p], lr=0.1)
+    assert {k: v for k, v in opt.defaults.items() if k not in ("lr", "foreach", "differentiable")} == \
+        dataclasses.asdict(LarsOptions())
+    with pytest.raises(TypeError, match="momemtum"):
+        LARS([p], lr=0.1, momemtum=0.9)
+    with pytest.raises(TypeError):
+        LARS([p], 0.1, 0.9)  # the options are keyword-only

@@ -166,11 +166,7 @@ def test_the_loop_reads_the_device_only_every_log_interval(tiny_cifar10, tmp_pat
     """Host syncs (.item(), .tolist(), float()/int()/bool() of a tensor) happen only at the log points:
     with --log_interval 3 over 4 steps per epoch that is steps 3 and 4 (the epoch's end), plus one read
     of the evaluation totals per epoch.  On the CPU every tensor is a host tensor, so the reads stand for the
-    syncs they would be on an accelerator; LARS's CPU-only update route (torch's fused SGD kernel, which takes
-    each tensor's factor as a Python float read from a CPU tensor) is switched off here: an accelerator never
-    takes it."""
-    import lars
-    monkeypatch.setattr(lars, "_CPU_FUSED_UPDATE", False)
+    syncs they would be on an accelerator."""
     root, _ = tiny_cifar10
     reads = []
     for name in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__"):
