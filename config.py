@@ -51,6 +51,8 @@ class Recipe:
     dataset: str = _opt("cifar10", "dataset", choices=DATASETS)
     train_subset: int = _opt(0, "train on a class-balanced subset of N images (0: all)", low=0)
     test_subset: int = _opt(0, "evaluate on the first N test images (0: all 10,000); marked in the results", low=0)
+    val_size: int = _opt(0, "hold out N class-balanced training images as a validation split, never trained on "
+                            "(the same images for every trial: a seed of their own); 0: none", low=0)
     seed: int = _opt(1, "random seed for the model, data order and augmentation (skeletor's default 1)",
                      low=0, high=MAX_SEED)
     ghost_batch_size: int = _opt(0, "BatchNorm normalises groups of G samples of each micro-batch (ghost BN, "
@@ -125,6 +127,12 @@ class Runtime:
     stop_after_epoch: int = _opt(0, "stop cleanly after epoch N of the trial, checkpoint written (then --resume)",
                                  low=0)
     log_interval: int = _opt(50, "log (and check) the training loss every N optimizer steps", low=1)
+    eval_every: typing.Optional[int] = _opt(None, "with --val_size: evaluate the validation split every K "
+                                                  "optimizer steps (and at each epoch's end), logged as rows of "
+                                                  "kind 'eval' (default: none, only at each epoch's end)", low=1)
+    noise_scale: bool = _opt(False, "estimate the gradient noise scale B_simple = tr(Sigma)/|G|^2 from each step's "
+                                    "micro-batches (or ranks), logged every --log_interval steps as noise_scale, "
+                                    "noise_trace, noise_grad_sq (McCandlish et al. 2018)")
     checkpoint_every: int = _opt(1, "write last.pt every N epochs (the last epoch always)", low=1)
     compile: bool = _opt(False, "run the model and the optimizer step through torch.compile")
     malloc: str = _opt("reuse", "host memory (glibc): reuse freed blocks instead of mapping fresh pages for "
@@ -278,6 +286,10 @@ def check(recipe, runtime=None, world_size=1):
     if runtime is not None:
         if r.amp == "fp16" and not runtime.cuda:
             raise UsageError("--amp: fp16 needs --cuda (use bf16 on the CPU)")
+        if runtime.eval_every is not None and not r.val_size:
+            raise UsageError("--eval_every: needs --val_size (a validation split to evaluate)")
+        if runtime.noise_scale and r.amp == "fp16":
+            raise UsageError("--noise_scale: not with --amp fp16 (its gradients are loss-scaled)")
 
 
 
@@ -325,9 +337,15 @@ def as_json(values):
 
 
 def recipe_from_json(values):
-    """A Recipe from a parameter file or checkpoint (only the recipe's keys are read)."""
+    """A Recipe from a parameter file or checkpoint (only the recipe's keys are read; a key it lacks, from
+    before that field existed, takes the field's default, which is the behaviour it had then)."""
     return Recipe(**{k: tuple(values[k]) if isinstance(values[k], list) else values[k]
                      for k in RECIPE_KEYS if k in values})
+
+
+def recipe_json(values):
+    """The recipe of a parameter file or checkpoint as JSON values, every key present (see recipe_from_json)."""
+    return as_json(recipe_from_json(values))
 
 
 # ---------------------------------------------------------------- derived values

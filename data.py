@@ -106,13 +106,35 @@ def _read_batch(path, label_key, num_classes):
     return images, labels
 
 
-def class_balanced_subset(x, y, n, seed):
+def class_balanced_subset(x, y, n, seed, flag="--train_subset"):
     """A seeded subset of n samples with every class equally represented.
 
     When n is not a multiple of the number of classes, the lowest class labels get one sample more each.
+    `flag` names the option that asked for it in error messages.
     """
+    index = _class_balanced_index(y, n, seed, flag)
+    return x[index], y[index]
+
+
+# The validation split's own seed: the same held-out images for every trial, whatever its --seed or optimizer.
+VALIDATION_SEED = 20181130
+
+
+def split_validation(x, y, n):
+    """(train_x, train_y, val_x, val_y): n class-balanced samples held out (fixed by VALIDATION_SEED), the rest
+    kept for training, both in their original order."""
+    if not 1 <= n < len(y):
+        raise DataError(f"--val_size: expected between 1 and {len(y) - 1} (fewer than the {len(y)} training "
+                        f"images), got {n}")
+    held_out = _class_balanced_index(y, n, VALIDATION_SEED, "--val_size")
+    kept = torch.ones(len(y), dtype=torch.bool)
+    kept[held_out] = False
+    return x[kept], y[kept], x[held_out], y[held_out]
+
+
+def _class_balanced_index(y, n, seed, flag):
     if not 1 <= n <= len(y):
-        raise DataError(f"--train_subset: expected between 1 and the training set size {len(y)}, got {n}")
+        raise DataError(f"{flag}: expected between 1 and the training set size {len(y)}, got {n}")
     classes = torch.unique(y)
     per_class, extra = divmod(n, len(classes))
     generator = torch.Generator().manual_seed(seed)
@@ -121,10 +143,9 @@ def class_balanced_subset(x, y, n, seed):
         members = torch.nonzero(y == label).flatten()
         count = per_class + (i < extra)
         if count > len(members):
-            raise DataError(f"train_subset {n} needs {count} images of class {label}, which has only {len(members)}")
+            raise DataError(f"{flag} {n} needs {count} images of class {label}, which has only {len(members)}")
         chosen.append(members[torch.randperm(len(members), generator=generator)[:count]])
-    index = torch.cat(chosen).sort().values
-    return x[index], y[index]
+    return torch.cat(chosen).sort().values
 
 
 # ---------------------------------------------------------------- batches

@@ -206,13 +206,23 @@ def newest_unfinished(logroot, experimentname):
 
 # ---------------------------------------------------------------- a trial being written
 
-def _git_hash():
+def _git(*args):
+    """git's output in this file's repository, or None (no git, not a checkout, a timeout)."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        done = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return done.stdout.strip() if done.returncode == 0 else "unknown"
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def code_version():
+    """{"git_hash": the checkout's commit, "git_dirty": whether tracked files differ from it} ("unknown" and
+    None outside a git checkout). Untracked files (logs, data) do not make a checkout dirty."""
+    commit = _git("rev-parse", "HEAD")
+    changes = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"git_hash": commit.strip() if commit else "unknown",
+            "git_dirty": None if changes is None else bool(changes.strip())}
 
 
 class Trial:
@@ -335,7 +345,7 @@ def open_trial(logroot, experimentname, params, resume_id=None, keep_until_step=
     except StoreError:
         _undo(created)
         raise
-    params = {**params, "trial_id": trial_id, "finished": False, "git_hash": _git_hash(),
+    params = {**params, "trial_id": trial_id, "finished": False, **code_version(),
               "invocation": " ".join(sys.argv), "start_time": datetime.datetime.now().isoformat()}
     results_path = _results_path(logroot, experimentname, trial_id)
     try:

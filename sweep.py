@@ -129,7 +129,7 @@ def _label(point, varying):
 
 def _match(recipe_json, trials):
     """The existing trial for this recipe: a finished one, else the newest unfinished one."""
-    same = [t for t in trials if all(t.get(k) == v for k, v in recipe_json.items())]
+    same = [t for t in trials if config.recipe_json(t) == recipe_json]
     finished = [t for t in same if t.get("finished") is True]
     if finished:
         return finished[-1]

@@ -167,8 +167,9 @@ def all_reduce_sum(tensor, world_size):
 
 
 @torch.no_grad()
-def evaluate(model, batches, autocast, world_size, show_progress=False):
-    """Test loss, top-1 and top-5 (percent) over every test image of `batches` once; one host sync."""
+def evaluate(model, batches, autocast, world_size, show_progress=False, prefix="test"):
+    """Loss, top-1 and top-5 (percent) over every image of `batches` once, as `{prefix}_loss` etc.; one host
+    sync. Leaves the model in eval mode."""
     model.eval()
     device = next(model.parameters()).device
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-5, count
@@ -181,7 +182,26 @@ def evaluate(model, batches, autocast, world_size, show_progress=False):
         totals[2] += (top5 == y[:, None]).any(1).sum()
         totals[3] += len(y)
     loss_sum, top1, top5, count = all_reduce_sum(totals, world_size).tolist()
-    return {"test_loss": loss_sum / count, "test_top1": 100 * top1 / count, "test_top5": 100 * top5 / count}
+    return {f"{prefix}_loss": loss_sum / count, f"{prefix}_top1": 100 * top1 / count,
+            f"{prefix}_top5": 100 * top5 / count}
+
+
+def share_batchnorm_statistics(model):
+    """Every rank evaluates (and rank 0 saves) rank 0's BatchNorm statistics. The ranks' own statistics only
+    ever feed evaluations, so replacing them changes no training step."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def evaluate_validation(parts, val_batches, world_size):
+    """val_loss, val_top1, val_top5 of the model as it is now, in the middle of an epoch or at its end; the
+    network is back in training mode afterwards. Reads nothing but the model (no RNG, no optimizer state), so
+    a run evaluates the same steps with the same results however often it was stopped and resumed."""
+    if world_size > 1:
+        share_batchnorm_statistics(parts.model)
+    metrics = evaluate(parts.model, val_batches, parts.autocast, world_size, prefix="val")
+    parts.net.train()
+    return metrics
 
 
 # ---------------------------------------------------------------- state
@@ -219,7 +239,7 @@ def checkpoint_state(parts, recipe, epoch, global_step, best_top1, finished):
 def check_same_recipe(theirs, recipe, path, where):
     """A CheckpointError naming every recipe value of `theirs` (a checkpoint's or a parameter file's) that
     differs from `recipe`."""
-    ours = config.as_json(recipe)
+    ours, theirs = config.as_json(recipe), config.recipe_json(theirs)
     differing = [f"--{k} {theirs.get(k)!r} {where}, {ours.get(k)!r} now"
                  for k in config.RECIPE_KEYS if ours.get(k) != theirs.get(k)]
     if differing:
@@ -297,7 +317,7 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
     if checkpoint is not None and checkpoint["finished"]:
         return {"trial_id": resume_id, "finished": True}
     torch.backends.cudnn.benchmark = runtime.cuda  # fixed shapes: let cuDNN pick its fastest kernels once
-    train_batches, test_batches, plan = _batches(recipe, runtime, rank, world_size, device)
+    train_batches, val_batches, test_batches, plan = _batches(recipe, runtime, rank, world_size, device)
     parts = build(recipe, plan, device, world_size, runtime.compile)
     start_epoch, global_step, best_top1 = 0, 0, -1.0
     if checkpoint is not None:
@@ -309,9 +329,11 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
         for epoch in range(start_epoch, last_epoch):
             parts.net.train()
             started = time.perf_counter()
+            eval_seconds = 0.0  # of the validation evaluations inside the epoch, not counted as training time
             interval_sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
             interval_samples = 0
             epoch_sums = [0.0, 0.0, 0]  # loss sum, correct, samples: host numbers, read at the log points
+            val_metrics = {}
             bar = tqdm(train_batches.epoch(epoch), total=plan.steps_per_epoch, leave=False,
                        desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not show_progress)
             for step, (images, labels) in enumerate(bar, 1):
@@ -320,36 +342,47 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
                 global_step += 1
                 interval_sums += torch.stack([loss_sum.double(), correct.double()])
                 interval_samples += len(labels) * world_size
+                epoch_end = step == plan.steps_per_epoch
                 # The host reads the loss only every --log_interval steps (and at the epoch's end): a read
                 # waits for the device, so reading every step would serialise CPU and GPU. The cost: a
                 # NaN is noticed up to log_interval steps late (the last good checkpoint is kept).
-                if step % runtime.log_interval and step < plan.steps_per_epoch:
-                    continue
-                loss_sum, correct = all_reduce_sum(interval_sums, world_size).tolist()  # the interval's one sync
-                loss, top1 = loss_sum / interval_samples, 100 * correct / interval_samples
-                check_finite(loss, epoch, global_step, lr)
-                if master:
-                    trial.log(iteration=global_step, kind="step", epoch=epoch + 1, learning_rate=lr,
-                              train_loss=loss, train_top1=top1)
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
-                epoch_sums = [epoch_sums[0] + loss_sum, epoch_sums[1] + correct, epoch_sums[2] + interval_samples]
-                interval_sums.zero_()
-                interval_samples = 0
-            train_seconds = time.perf_counter() - started
-            if world_size > 1:  # every rank evaluates (and rank 0 saves) rank 0's BatchNorm statistics
-                for buffer in parts.model.buffers():
-                    dist.broadcast(buffer, src=0)
+                if step % runtime.log_interval == 0 or epoch_end:
+                    loss_sum, correct = all_reduce_sum(interval_sums, world_size).tolist()  # the interval's one sync
+                    loss, top1 = loss_sum / interval_samples, 100 * correct / interval_samples
+                    check_finite(loss, epoch, global_step, lr)
+                    if master:
+                        trial.log(iteration=global_step, kind="step", epoch=epoch + 1, learning_rate=lr,
+                                  train_loss=loss, train_top1=top1)
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
+                    epoch_sums = [epoch_sums[0] + loss_sum, epoch_sums[1] + correct, epoch_sums[2] + interval_samples]
+                    interval_sums.zero_()
+                    interval_samples = 0
+                if val_batches is not None and (epoch_end or (runtime.eval_every and
+                                                              global_step % runtime.eval_every == 0)):
+                    eval_started = time.perf_counter()
+                    val_metrics = evaluate_validation(parts, val_batches, world_size)
+                    seconds = time.perf_counter() - eval_started
+                    eval_seconds += seconds
+                    if master:
+                        trial.log(iteration=global_step, kind="eval", epoch=epoch + 1, **val_metrics,
+                                  eval_seconds=seconds)
+            train_seconds = time.perf_counter() - started - eval_seconds
+            if world_size > 1:
+                share_batchnorm_statistics(parts.model)
             metrics = evaluate(parts.model, test_batches, parts.autocast, world_size, show_progress)
-            best_top1 = max(best_top1, metrics["test_top1"])
+            # best.pt: chosen on the validation split when there is one, never on the test set then
+            score = val_metrics["val_top1"] if val_batches is not None else metrics["test_top1"]
+            best_top1 = max(best_top1, score)
             if master:
                 loss_sum, correct, samples = epoch_sums
                 row = dict(kind="epoch", epoch=epoch + 1, learning_rate=lr, train_loss=loss_sum / samples,
-                           train_top1=100 * correct / samples, **metrics, epoch_seconds=time.perf_counter() - started,
-                           images_per_s=samples / train_seconds, batch_size=recipe.batch_size)
+                           train_top1=100 * correct / samples, **metrics, **val_metrics,
+                           epoch_seconds=time.perf_counter() - started, images_per_s=samples / train_seconds,
+                           batch_size=recipe.batch_size)
                 trial.log(iteration=global_step, **row)
                 print_epoch(row, recipe.epochs)
                 _save_checkpoints(trial, parts, recipe, runtime, epoch + 1, last_epoch, global_step, best_top1,
-                                  improved=metrics["test_top1"] == best_top1)
+                                  improved=score == best_top1)
     except BaseException:
         if master:  # the error that stopped the run is the one to report, not a second one (a full disk)
             with contextlib.suppress(store.StoreError):
@@ -388,13 +421,19 @@ def _checkpoint_to_resume(recipe, runtime, resume_id, master, world_size):
 
 
 def _batches(recipe, runtime, rank, world_size, device):
-    """(training batches, test batches, plan) on the device; rank 0 downloads the data (where it must)
-    before the other ranks read it."""
+    """(training batches, validation batches or None, test batches, plan) on the device; rank 0 downloads the
+    data (where it must) before the other ranks read it."""
     if rank > 0:
         dist.barrier()
     train_x, train_y, test_x, test_y = data.load_cifar(runtime.dataroot, recipe.dataset)
     if rank == 0 and world_size > 1:
         dist.barrier()
+    if recipe.val_size >= len(train_y):
+        raise config.UsageError(f"--val_size: {recipe.val_size} is not fewer than the {len(train_y)} training "
+                                f"images")
+    val_x = val_y = None
+    if recipe.val_size:  # held out first, by a seed of its own: the same split whatever the trial
+        train_x, train_y, val_x, val_y = data.split_validation(train_x, train_y, recipe.val_size)
     if recipe.train_subset:
         train_x, train_y = data.class_balanced_subset(train_x, train_y, recipe.train_subset, recipe.seed)
     if recipe.test_subset > len(test_y):
@@ -406,13 +445,15 @@ def _batches(recipe, runtime, rank, world_size, device):
     train_batches = data.TrainBatches(train_x, train_y, recipe.batch_size, seed=recipe.seed,
                                       keep_last=recipe.last_batch == "keep", **placement)
     test_batches = data.EvalBatches(test_x, test_y, runtime.eval_batch_size, **placement)
-    return train_batches, test_batches, plan
+    val_batches = data.EvalBatches(val_x, val_y, runtime.eval_batch_size, **placement) if recipe.val_size else None
+    return train_batches, val_batches, test_batches, plan
 
 
 def _open_trial(recipe, runtime, plan, resume_id, start_epoch, global_step, device):
     """The trial's files, opened (and locked) for writing, with every value the run works with."""
     params = {**config.as_json(recipe), **config.as_json(plan), **config.as_json(runtime),
               "torch_threads": torch.get_num_threads(),  # CPU results depend on it (reduction order)
+              "torch_version": torch.__version__,
               "recipe_keys": list(config.RECIPE_KEYS)}
     trial = store.open_trial(runtime.logroot, runtime.experimentname, params, resume_id, global_step)
     if resume_id is not None:
@@ -432,8 +473,10 @@ def _open_trial(recipe, runtime, plan, resume_id, start_epoch, global_step, devi
 
 def print_epoch(row, epochs):
     print(f"epoch {row['epoch']:>3}/{epochs}  last lr {row['learning_rate']:.4g}  train loss {row['train_loss']:.4f} "
-          f"acc {row['train_top1']:.2f}%  test loss {row['test_loss']:.4f} acc {row['test_top1']:.2f}% "
-          f"(top-5 {row['test_top5']:.2f}%)  {row['epoch_seconds']:.1f}s  {row['images_per_s']:.0f} img/s", flush=True)
+          f"acc {row['train_top1']:.2f}%  "
+          + (f"val loss {row['val_loss']:.4f} acc {row['val_top1']:.2f}%  " if "val_top1" in row else "")
+          + f"test loss {row['test_loss']:.4f} acc {row['test_top1']:.2f}% (top-5 {row['test_top5']:.2f}%)  "
+          f"{row['epoch_seconds']:.1f}s  {row['images_per_s']:.0f} img/s", flush=True)
 
 
 def _save_checkpoints(trial, parts, recipe, runtime, done, last_epoch, global_step, best_top1, improved):
