@@ -30,6 +30,7 @@ import models
 import schedulers
 import store
 from lars import LARS, lars_param_groups
+from noise_scale import NoiseScale
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -84,16 +85,19 @@ class Parts:
     no_sync: object
     plan: config.Plan
     loss_weighting: str
+    noise: object = None  # a noise_scale.NoiseScale with --noise_scale
 
 
-def build(recipe, plan, device, world_size=1, compile=False):
-    """A trial's parts from its (resolved) recipe and plan; the model is initialised from recipe.seed."""
+def build(recipe, plan, device, world_size=1, compile=False, noise=False):
+    """A trial's parts from its (resolved) recipe and plan; the model is initialised from recipe.seed.
+    `noise`: measure the gradient noise scale (noise_scale.py)."""
     seed_everything(recipe.seed)
     model = build_model(recipe, device)
     optimizer = build_optimizer(model, recipe, plan.scaled_lr)
     net = model
     if world_size > 1:
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    measure = NoiseScale(model.parameters(), net if world_size > 1 else None) if noise else None
     if compile:
         net = torch.compile(net)
         if isinstance(optimizer, LARS):
@@ -107,7 +111,7 @@ def build(recipe, plan, device, world_size=1, compile=False):
                  loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
                  autocast=lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
                  no_sync=net.no_sync if world_size > 1 else contextlib.nullcontext, plan=plan,
-                 loss_weighting=recipe.loss_weighting)
+                 loss_weighting=recipe.loss_weighting, noise=measure)
 
 
 # ---------------------------------------------------------------- one step, one evaluation
@@ -127,11 +131,12 @@ def split_step(images, labels, plan, loss_weighting):
 
 
 def accumulate_gradients(net, micro_batches, loss_fn, autocast=contextlib.nullcontext, scale=lambda loss: loss,
-                         no_sync=contextlib.nullcontext):
+                         no_sync=contextlib.nullcontext, after_backward=None):
     """Forward/backward over the micro-batches, adding weight * mean loss's gradient into .grad.
 
-    Under DDP `no_sync` defers the all-reduce to the last micro-batch. Returns the summed per-sample loss
-    and the number of correct predictions as device tensors: no host sync.
+    Under DDP `no_sync` defers the all-reduce to the last micro-batch. `after_backward(i)`, if given, is
+    called after micro-batch i's backward (the noise scale reads .grad there). Returns the summed per-sample
+    loss and the number of correct predictions as device tensors: no host sync.
     """
     device = micro_batches[0][1].device
     loss_sum = torch.zeros((), device=device)
@@ -143,16 +148,25 @@ def accumulate_gradients(net, micro_batches, loss_fn, autocast=contextlib.nullco
                 logits = net(x)
                 loss = loss_fn(logits, y)
             scale(loss * weight).backward()
+        if after_backward is not None:
+            after_backward(i)
         loss_sum += loss.detach().float() * len(y)
         correct += (logits.argmax(1) == y).sum()
     return loss_sum, correct
 
 
 def train_step(parts, images, labels):
-    """One optimizer step; returns (summed loss, correct) as device tensors, without a host sync."""
+    """One optimizer step; returns (summed loss, correct) as device tensors, without a host sync. With
+    parts.noise (--noise_scale) the step's gradients also feed its noise-scale estimate."""
     micro_batches = split_step(images, labels, parts.plan, parts.loss_weighting)
+    noise = parts.noise
+    if noise is not None:
+        noise.start_step(micro_batches)
     loss_sum, correct = accumulate_gradients(parts.net, micro_batches, parts.loss_fn, parts.autocast,
-                                             parts.scaler.scale, parts.no_sync)
+                                             parts.scaler.scale, parts.no_sync,
+                                             noise.after_backward if noise is not None else None)
+    if noise is not None:
+        noise.end_step(parts.plan.world_size)
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
     parts.optimizer.zero_grad(set_to_none=True)
@@ -230,10 +244,13 @@ def set_rng_states(states):
 
 
 def checkpoint_state(parts, recipe, epoch, global_step, best_top1, finished):
-    return {"recipe": config.as_json(recipe), "model": parts.model.state_dict(),
-            "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
-            "scaler": parts.scaler.state_dict(), "epoch": epoch, "global_step": global_step,
-            "best_top1": best_top1, "rng": rng_states(), "finished": finished}
+    state = {"recipe": config.as_json(recipe), "model": parts.model.state_dict(),
+             "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
+             "scaler": parts.scaler.state_dict(), "epoch": epoch, "global_step": global_step,
+             "best_top1": best_top1, "rng": rng_states(), "finished": finished}
+    if parts.noise is not None:
+        state["noise_scale"] = parts.noise.state_dict()
+    return state
 
 
 def check_same_recipe(theirs, recipe, path, where):
@@ -254,6 +271,8 @@ def restore(parts, recipe, state, path):
     parts.scheduler.load_state_dict(state["scheduler"])
     parts.scaler.load_state_dict(state["scaler"])
     set_rng_states(state["rng"])
+    if parts.noise is not None and "noise_scale" in state:  # else (a run without it) measured from here on
+        parts.noise.load_state_dict(state["noise_scale"])
     return state["epoch"], state["global_step"], state["best_top1"]
 
 
@@ -318,7 +337,11 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
         return {"trial_id": resume_id, "finished": True}
     torch.backends.cudnn.benchmark = runtime.cuda  # fixed shapes: let cuDNN pick its fastest kernels once
     train_batches, val_batches, test_batches, plan = _batches(recipe, runtime, rank, world_size, device)
-    parts = build(recipe, plan, device, world_size, runtime.compile)
+    parts = build(recipe, plan, device, world_size, runtime.compile, runtime.noise_scale)
+    if runtime.noise_scale and world_size == 1 and plan.micro_batches_per_step < 2 and master:
+        print(f"--noise_scale: one micro-batch per step on one rank (batch {recipe.batch_size}, "
+              f"--max_samples_per_gpu {recipe.max_samples_per_gpu}): no two batch sizes to compare, so the noise "
+              f"scale is not measured; the run goes on without it", flush=True)
     start_epoch, global_step, best_top1 = 0, 0, -1.0
     if checkpoint is not None:
         start_epoch, global_step, best_top1 = restore(parts, recipe, checkpoint, checkpoint_file)
@@ -347,12 +370,15 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
                 # waits for the device, so reading every step would serialise CPU and GPU. The cost: a
                 # NaN is noticed up to log_interval steps late (the last good checkpoint is kept).
                 if step % runtime.log_interval == 0 or epoch_end:
-                    loss_sum, correct = all_reduce_sum(interval_sums, world_size).tolist()  # the interval's one sync
+                    read = interval_sums if parts.noise is None else torch.cat([interval_sums,
+                                                                                 parts.noise.readout(device)])
+                    loss_sum, correct, *noise = all_reduce_sum(read, world_size).tolist()  # the interval's one sync
                     loss, top1 = loss_sum / interval_samples, 100 * correct / interval_samples
                     check_finite(loss, epoch, global_step, lr)
                     if master:
+                        noise_row = parts.noise.row(noise, world_size) if parts.noise is not None else {}
                         trial.log(iteration=global_step, kind="step", epoch=epoch + 1, learning_rate=lr,
-                                  train_loss=loss, train_top1=top1)
+                                  train_loss=loss, train_top1=top1, **noise_row)
                         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
                     epoch_sums = [epoch_sums[0] + loss_sum, epoch_sums[1] + correct, epoch_sums[2] + interval_samples]
                     interval_sums.zero_()

@@ -86,8 +86,9 @@ def test_evaluating_changes_no_training_step(tiny_cifar10, tmp_path):
 
 @pytest.mark.slow
 def test_killed_mid_epoch_after_evaluations_then_resumed_gives_the_same_rows(tiny_cifar10, tmp_path, monkeypatch):
+    """Also the noise scale's averages: they continue from the checkpoint."""
     root, _ = tiny_cifar10
-    flags = tiny_flags(root, tmp_path, *VAL, "--eval_every", "1")
+    flags = tiny_flags(root, tmp_path, *VAL, "--eval_every", "1", "--noise_scale")
     train.main(["straight", *flags])
     real = trainer.evaluate_validation
     calls = []
@@ -102,6 +103,7 @@ def test_killed_mid_epoch_after_evaluations_then_resumed_gives_the_same_rows(tin
     with pytest.raises(KeyboardInterrupt):
         train.main(["killed", *flags])
     assert [r["iteration"] for r in rows(tmp_path, "killed", "eval")] == [1, 2, 3, 4]
+    assert all("noise_trace" in r for r in rows(tmp_path, "killed", "step"))
     monkeypatch.setattr(trainer, "evaluate_validation", real)
     train.main(["killed", "--resume", *flags])
     for kind in ("eval", "step", "epoch"):
@@ -114,7 +116,8 @@ def test_killed_mid_epoch_after_evaluations_then_resumed_gives_the_same_rows(tin
 
 
 def test_the_loop_reads_the_device_only_at_log_and_eval_points(tiny_cifar10, tmp_path, monkeypatch):
-    """As test_train's sync count, with validation every 2 steps: one read per evaluation, nothing else."""
+    """As test_train's sync count, with validation every 2 steps: one read per evaluation, nothing else; the
+    noise scale is read with the loss."""
     import lars
     monkeypatch.setattr(lars, "_CPU_FUSED_UPDATE", False)  # a CPU-only route that reads host floats
     root, _ = tiny_cifar10
@@ -128,7 +131,7 @@ def test_the_loop_reads_the_device_only_at_log_and_eval_points(tiny_cifar10, tmp
         monkeypatch.setattr(torch.Tensor, name, counted)
     real_step, steps = trainer.train_step, []
     monkeypatch.setattr(trainer, "train_step", lambda *a, **k: steps.append(len(reads)) or real_step(*a, **k))
-    flags = tiny_flags(root, tmp_path, *VAL, "--eval_every", "2", epochs=2)
+    flags = tiny_flags(root, tmp_path, *VAL, "--eval_every", "2", "--noise_scale", epochs=2)
     flags[flags.index("--log_interval") + 1] = "50"
     train.main(["syncs", *flags])
     assert len(steps) == 6
@@ -137,6 +140,7 @@ def test_the_loop_reads_the_device_only_at_log_and_eval_points(tiny_cifar10, tmp
     # after 4: an evaluation
     assert between == [0, 1, 3, 1, 0], between
     assert reads.count("tolist") == len(reads)
+    assert all("noise_trace" in r for r in rows(tmp_path, "syncs", "step"))
 
 
 # ---------------------------------------------------------------- bad values
