@@ -51,8 +51,10 @@ def read_experiment(path):
          "param_path": str,        # LOGROOT/EXPERIMENT/trials/<id>_param_map.json (named in error messages)
          "trial_id": str,
          "params": dict,           # the param map as stored (recipe_keys, batch_size, epochs, finished, ...)
-         "epochs": [dict, ...]}    # the rows with kind == "epoch", one per epoch (the last logged wins),
+         "epochs": [dict, ...],    # the rows with kind == "epoch", one per epoch (the last logged wins),
                                    # in epoch order; [] when none has completed yet
+         "evals": [dict, ...],     # the rows with kind == "eval" (--val_size), one per step, in step order
+         "trust": [dict, ...]}     # the rows with kind == "trust" (--log_trust_ratios), in step order
 
     Raises ResultsError (message starting with the offending path) for a missing folder, a folder without
     trials, an unreadable param map or result line, or an experiment none of whose trials finished an epoch.
@@ -67,9 +69,13 @@ def read_experiment(path):
     trials = []
     for params, rows in stored:
         by_epoch = {int(r["epoch"]): r for r in rows if r.get("kind") == "epoch" and r.get("epoch") is not None}
+        by_step = {kind: {int(r["iteration"]): r for r in rows if r.get("kind") == kind
+                          and _finite(r.get("iteration"))} for kind in ("eval", "trust")}
         trials.append({"experiment": experiment, "path": path, "param_path": store.params_path(path, params["trial_id"]),
                        "trial_id": str(params["trial_id"]), "params": params,
-                       "epochs": [by_epoch[e] for e in sorted(by_epoch)]})
+                       "epochs": [by_epoch[e] for e in sorted(by_epoch)],
+                       **{kind + ("s" if kind == "eval" else ""): [rs[i] for i in sorted(rs)]
+                          for kind, rs in by_step.items()}})
     if not any(t["epochs"] for t in trials):
         raise ResultsError(f"{path}: no results yet (none of its {len(trials)} trial(s) has completed an epoch)")
     return sorted(trials, key=lambda t: t["trial_id"])
@@ -595,6 +601,216 @@ def build_figures(trials, command=None, note=None):
     return figures
 
 
+# ================================================================ steps to a validation target
+
+STEPS_NOTE = ("steps-to-target: the optimizer step at which validation top-1 first reaches the target, linearly "
+              "interpolated between the first evaluation at or above it and the evaluation before it (at the "
+              "first evaluation itself when that one already reaches it)")
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def steps_to_target(evals, target):
+    """The step at which validation top-1 reaches `target` (interpolated, see STEPS_NOTE), or None when no
+    evaluation reaches it. `evals`: [(step, val_top1)] in step order."""
+    previous = None
+    for step, top1 in evals:
+        if top1 >= target:
+            if previous is None or top1 == previous[1]:
+                return float(step)
+            (s0, v0) = previous
+            return s0 + (target - v0) / (top1 - v0) * (step - s0)
+        previous = (step, top1)
+    return None
+
+
+def _val_curve(trial):
+    return [(_num(r.get("iteration")), _num(r.get("val_top1"))) for r in trial.get("evals", [])
+            if _finite(r.get("iteration")) and _finite(r.get("val_top1"))]
+
+
+def target_points(points, target):
+    """Every point (setting) with its seeds' steps-to-target: the point dict plus `reached` (steps of the
+    seeds that reached it), `n_reached`, mean / median / min / max of those, `final_val` (mean final
+    validation top-1), and `all_reached`. Points without validation rows are left out."""
+    out = []
+    for p in points:
+        curves = [_val_curve(t) for t in p["trials"]]
+        if not any(curves):
+            continue
+        reached = [s for s in (steps_to_target(c, target) for c in curves if c) if s is not None]
+        finals = [c[-1][1] for c in curves if c]
+        ordered = sorted(reached)
+        half = len(ordered) // 2
+        out.append(dict(p, reached=reached, n_reached=len(reached), n_val=sum(1 for c in curves if c),
+                        all_reached=bool(reached) and len(reached) == sum(1 for c in curves if c),
+                        steps_mean=sum(reached) / len(reached) if reached else None,
+                        steps_median=(ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2)
+                        if ordered else None,
+                        steps_min=ordered[0] if ordered else None, steps_max=ordered[-1] if ordered else None,
+                        final_val=sum(finals) / len(finals) if finals else None))
+    return out
+
+
+def best_per_batch(tpoints):
+    """{(optimizer, batch size): the best setting}: fewest mean steps-to-target among the settings whose every
+    seed reached the target, ties by mean final validation top-1 (validation only, never test)."""
+    best = {}
+    for p in tpoints:
+        if not p["all_reached"]:
+            continue
+        k = (p["optimizer"], p["batch_size"])
+        rank = (p["steps_mean"], -(p["final_val"] or 0))
+        if k not in best or rank < (best[k]["steps_mean"], -(best[k]["final_val"] or 0)):
+            best[k] = p
+    return best
+
+
+def fit_critical_batch(batch_sizes, steps):
+    """(S_min, B_crit) of S(B) = S_min (1 + B_crit / B), least squares on log S: for each B_crit on a fine
+    log grid S_min is closed-form, the best B_crit wins. None with fewer than 2 batch sizes. A B_crit at the
+    grid's edge (far outside the batch sizes measured) means the data do not bound it."""
+    import numpy as np
+    if len(batch_sizes) < 2:
+        return None
+    b, log_s = np.asarray(batch_sizes, dtype=float), np.log(np.asarray(steps, dtype=float))
+    grid = np.geomspace(b.min() / 1000, b.max() * 1000, 4001)
+    log_terms = np.log1p(grid[:, None] / b[None, :])            # (grid, batch sizes)
+    log_s_min = (log_s[None, :] - log_terms).mean(axis=1)
+    error = ((log_s[None, :] - log_s_min[:, None] - log_terms) ** 2).sum(axis=1)
+    i = int(error.argmin())
+    return float(np.exp(log_s_min[i])), float(grid[i])
+
+
+def bootstrap_critical_batch(seed_steps, resamples=BOOTSTRAP_RESAMPLES, seed=0):
+    """90% interval (5th, 95th percentile) of B_crit over resamples of the seeds at each batch size (with
+    replacement; the fit on the resampled means). `seed_steps`: {batch size: [steps of each seed]}."""
+    import random
+    rng = random.Random(seed)
+    sizes = sorted(seed_steps)
+    fits = []
+    for _ in range(resamples):
+        means = []
+        for b in sizes:
+            draw = [rng.choice(seed_steps[b]) for _ in seed_steps[b]]
+            means.append(sum(draw) / len(draw))
+        fit = fit_critical_batch(sizes, means)
+        if fit:
+            fits.append(fit[1])
+    if not fits:
+        return None
+    fits.sort()
+    return fits[int(0.05 * (len(fits) - 1))], fits[int(round(0.95 * (len(fits) - 1)))]
+
+
+def critical_batch_fits(best):
+    """{optimizer: (S_min, B_crit, (low, high) or None, batch sizes fitted)} from the best settings."""
+    out = {}
+    for optimizer in sorted({o for o, _ in best}):
+        ps = sorted((p for (o, _), p in best.items() if o == optimizer), key=lambda p: p["batch_size"])
+        fit = fit_critical_batch([p["batch_size"] for p in ps], [p["steps_mean"] for p in ps])
+        if fit:
+            interval = bootstrap_critical_batch({p["batch_size"]: p["reached"] for p in ps})
+            out[optimizer] = (fit[0], fit[1], interval, [p["batch_size"] for p in ps])
+    return out
+
+
+def _compact(value):
+    return f"{value:.0f}" if value is not None else "—"
+
+
+def steps_to_target_table(tpoints, target):
+    """(markdown text, CSV text): every setting's steps-to-target and the fits."""
+    import csv
+    import io
+    best = best_per_batch(tpoints)
+    fits = critical_batch_fits(best)
+    chosen = {id(p) for p in best.values()}
+    columns = ["optimizer", "batch_size", "experiment", "setting", "seeds", "reached", "steps_mean", "steps_median",
+               "steps_min", "steps_max", "final_val_top1", "best"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    lines = [f"# Steps to {target:g}% validation top-1", "",
+             f"One row per setting; {STEPS_NOTE}. Mean, median and range over the seeds that reached the "
+             f"target; 'not reached' counts the others. Best (bold) per optimizer and batch size: fewest mean "
+             f"steps among the settings whose every seed reached the target, ties by mean final validation "
+             f"top-1 (chosen on validation, never on test).", "",
+             "| optimizer | batch size | experiment | setting | seeds | reached | steps mean | median | min–max | "
+             "final val top-1 (%) |", "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for p in sorted(tpoints, key=lambda p: (p["optimizer"], p["batch_size"] or 0, p["experiment"],
+                                             _key(p["setting"]))):
+        is_best = id(p) in chosen
+        reached = f"{p['n_reached']}/{p['n_val']}" + ("" if p["all_reached"] else
+                                                       f" ({p['n_val'] - p['n_reached']} not reached)")
+        mean = _compact(p["steps_mean"]) if p["n_reached"] else "not reached"
+        cells = [p["optimizer"], p["batch_size"], p["experiment"], p["setting_label"] or "—", p["n"], reached,
+                 f"**{mean}**" if is_best else mean, _compact(p["steps_median"]),
+                 f"{_compact(p['steps_min'])}–{_compact(p['steps_max'])}" if p["n_reached"] > 1 else "—",
+                 f"{p['final_val']:.2f}" if p["final_val"] is not None else "—"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+        writer.writerow([p["optimizer"], p["batch_size"], p["experiment"], p["setting_label"], p["n"],
+                         p["n_reached"], *(("" if v is None else f"{v:.6g}") for v in (
+                             p["steps_mean"], p["steps_median"], p["steps_min"], p["steps_max"], p["final_val"])),
+                         "yes" if is_best else ""])
+    lines += ["", "Critical batch size: S(B) = S_min (1 + B_crit / B) fitted to the best settings' mean steps "
+              "(least squares on log S); 90% interval from "
+              f"{BOOTSTRAP_RESAMPLES} bootstrap resamples of the seeds at each batch size.", ""]
+    for optimizer, (s_min, b_crit, interval, sizes) in fits.items():
+        span = f"{interval[0]:.0f}–{interval[1]:.0f}" if interval else "—"
+        lines.append(f"- {optimizer}: B_crit = {b_crit:.0f} (90% interval {span}), S_min = {s_min:.0f} steps, "
+                     f"from batch sizes {', '.join(map(str, sizes))}")
+    if not fits:
+        lines.append("- no fit: fewer than two batch sizes reached the target")
+    return "\n".join(lines) + "\n", buffer.getvalue()
+
+
+def fig_steps_to_target(tpoints, target, command, note):
+    best = best_per_batch(tpoints)
+    fits = critical_batch_fits(best)
+    optimizers = sorted({o for o, _ in best})
+    colours = recipe_colours(optimizers)
+    footer = [f"Each optimizer at each batch size's best setting (fewest mean steps; ties by final validation "
+              f"top-1). Points: mean over the seeds, bars: {SPREAD}, n beside each point (n=1: a single seed, "
+              f"hollow). Dashed: perfect scaling (steps halve as the batch doubles) from the smallest batch. "
+              f"Dotted: the fit S(B) = S_min (1 + B_crit/B). A batch size where no setting reached the target "
+              f"for every seed is left out (steps_to_target.md lists it). {STEPS_NOTE.capitalize()}."]
+    fig, ax = _figure(WIDE, 3.0, _footer(footer, command, note))
+    import numpy as np
+    for optimizer in optimizers:
+        ps = sorted((p for (o, _), p in best.items() if o == optimizer), key=lambda p: p["batch_size"])
+        colour = colours[optimizer]
+        xs, ys = [p["batch_size"] for p in ps], [p["steps_mean"] for p in ps]
+        ax.plot(xs, ys, "-", color=colour, linewidth=1.4, zorder=3, label=optimizer)
+        ax.errorbar(xs, ys, yerr=[[y - p["steps_min"] for y, p in zip(ys, ps)],
+                                  [p["steps_max"] - y for y, p in zip(ys, ps)]],
+                    fmt="none", ecolor=colour, elinewidth=1, capsize=2.5, zorder=3)
+        for x, y, p in zip(xs, ys, ps):
+            ax.plot([x], [y], "o", color=colour, markersize=4, zorder=4,
+                    markerfacecolor="white" if p["n_reached"] == 1 else colour)
+            ax.annotate(f"n={p['n_reached']}", (x, y), xytext=(3, 3), textcoords="offset points", fontsize=5.5,
+                        color=colour)
+        line = np.geomspace(xs[0], xs[-1] if len(xs) > 1 else xs[0] * 2, 50)
+        ax.plot(line, ys[0] * xs[0] / line, "--", color=colour, linewidth=0.8, alpha=0.7,
+                label=f"{optimizer}: perfect scaling")
+        if optimizer in fits:
+            s_min, b_crit, interval, _ = fits[optimizer]
+            span = f", 90% {interval[0]:.0f}–{interval[1]:.0f}" if interval else ""
+            ax.plot(line, s_min * (1 + b_crit / line), ":", color=colour, linewidth=1.2,
+                    label=f"{optimizer}: fit, B_crit {b_crit:.0f}{span}")
+    sizes = sorted({b for _, b in best})
+    if sizes:
+        _batch_ticks(ax, sizes)
+        ax.set_xlim(sizes[0] / 1.4, sizes[-1] * 1.4)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("batch size (log scale)")
+    ax.set_ylabel(f"steps to {target:g}% validation top-1 (log scale)")
+    ax.grid(True, which="both", alpha=0.25, linewidth=0.5)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False)
+    _fit_title(fig, f"Optimizer steps to {target:g}% validation top-1 vs batch size")
+    return fig
+
+
 # ================================================================ table
 
 def results_table(trials, title=None):
@@ -662,10 +878,36 @@ def save_figures(figures, folder):
     return names
 
 
-def write_all(trials, out_dir, command=None, note=None, title=None):
+STEPS_TABLE, STEPS_CSV = "steps_to_target.md", "steps_to_target.csv"
+
+
+def target_outputs(trials, target, command=None, note=None):
+    """({"steps_to_target": Figure}, {file name: text}) for --target, or a ResultsError when no trial has
+    validation rows."""
+    points = group_points([t if "recipe" in t else summarize(t) for t in trials])
+    tpoints = target_points(points, target)
+    if not tpoints:
+        raise ResultsError("--target: no trial has validation rows (train with --val_size, and --eval_every for "
+                           "more than one evaluation an epoch)")
+    markdown, csv_text = steps_to_target_table(tpoints, target)
+    with plt.rc_context(FONT):
+        figure = fig_steps_to_target(tpoints, target, command, note)
+    return {"steps_to_target": figure}, {STEPS_TABLE: markdown, STEPS_CSV: csv_text}
+
+
+def write_all(trials, out_dir, command=None, note=None, title=None, target=None):
     """Every output into a temporary folder first, then moved into `out_dir` (nothing half-written)."""
-    figures = build_figures(trials, command, note)  # may raise ResultsError: before anything is written
-    text = results_table(trials, title)
+    texts = {}
+    figures = {}
+    if target is not None:
+        figures, texts = target_outputs(trials, target, command, note)
+    try:
+        figures.update(build_figures(trials, command, note))  # may raise ResultsError: before anything is written
+    except BaseException:
+        for fig in figures.values():
+            plt.close(fig)
+        raise
+    texts[TABLE] = results_table(trials, title)
     try:
         os.makedirs(out_dir, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".plot_results-", dir=out_dir)
@@ -675,9 +917,10 @@ def write_all(trials, out_dir, command=None, note=None, title=None):
         raise ResultsError(f"{out_dir}: cannot write the outputs here ({e.strerror or e})") from None
     try:
         names = save_figures(figures, tmp)
-        with open(os.path.join(tmp, TABLE), "w") as f:
-            f.write(text)
-        names.append(TABLE)
+        for name, text in texts.items():
+            with open(os.path.join(tmp, name), "w") as f:
+                f.write(text)
+            names.append(name)
         for name in names:
             os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
     finally:
@@ -710,10 +953,20 @@ def main(argv=None):
     parser.add_argument("--note", default=None,
                         help="an extra footer line on every figure, e.g. the hardware: '2-core CPU, 2026-11'")
     parser.add_argument("--title", default=None, help="the results table's title (default: Results)")
+    parser.add_argument("--target", type=float, default=None, metavar="T",
+                        help="validation top-1 (%%, 0-100) to reach: also writes steps_to_target.png/.pdf (steps "
+                             "against batch size, log-log, each optimizer at each batch size's best setting, "
+                             "perfect scaling, the fit S(B) = S_min (1 + B_crit/B) with a bootstrap interval), "
+                             "steps_to_target.md and .csv; needs trials run with --val_size (default: none)")
     args = parser.parse_args(argv)
+    if args.target is not None and not 0 <= args.target <= 100:
+        parser.exit(2, f"plot_results.py: error: --target: expected a validation top-1 between 0 and 100 (%), "
+                       f"got {args.target:g}\n")
     try:
         trials = read_all(args.experiments)
-        written = write_all(trials, args.out, _command(args.experiments, args.out), args.note, args.title)
+        command = _command(args.experiments, args.out) + (f" --target {args.target:g}" if args.target is not None
+                                                          else "")
+        written = write_all(trials, args.out, command, args.note, args.title, args.target)
     except ResultsError as e:
         parser.exit(2, f"plot_results.py: error: {' '.join(str(e).split())}\n")
     print(f"{len(trials)} trial(s) from {len(args.experiments)} experiment(s); wrote " + ", ".join(written))

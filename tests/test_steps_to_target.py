@@ -1,0 +1,118 @@
+"""plot_results.py --target: steps to a validation top-1, best setting per batch size, the critical batch fit,
+on trial files written here (no training)."""
+import csv
+import os
+
+import pytest
+
+import plot_results
+from test_plot_results import write_trial
+
+RECIPE = ["arch", "dataset", "optimizer", "lr", "batch_size", "epochs", "seed"]
+TARGET = 50.0
+# The steps each optimizer needs at its best lr follow S(B) = S_min (1 + B_crit / B)
+TRUTH = {"LARS": (100.0, 1000.0), "SGD": (150.0, 400.0)}
+SIZES = (64, 256, 1024, 4096)
+
+
+def curve(steps_needed, total, every):
+    """Validation top-1 rising linearly, crossing TARGET exactly at steps_needed: (step, top1) pairs."""
+    return [(s, TARGET * s / steps_needed) for s in range(every, total + 1, every)]
+
+
+def make_logs(logroot):
+    n = 0
+    for optimizer, (s_min, b_crit) in TRUTH.items():
+        exp = f"{optimizer.lower()}_grid"
+        for b in SIZES:
+            best = s_min * (1 + b_crit / b)
+            for lr, factor in ((1.0, 1.0), (2.0, 1.3), (0.5, None)):  # lr 0.5 never reaches the target
+                for seed in (1, 2, 3):
+                    jitter = 1 + 0.02 * (seed - 2)
+                    needed = best * factor * jitter if factor else 1e9
+                    evals = curve(needed, int(best * 3), max(1, int(best / 10)))
+                    params = {"arch": "AirbenchNet", "dataset": "cifar10", "optimizer": optimizer, "lr": lr,
+                              "batch_size": b, "epochs": 3, "seed": seed, "recipe_keys": RECIPE,
+                              "trial_id": f"t{n:05d}", "start_time": f"2026-01-01T{n // 60:02d}:{n % 60:02d}",
+                              "finished": True, "val_size": 5000}
+                    rows = [{"kind": "eval", "iteration": s, "epoch": 1, "val_top1": v, "val_loss": 1.0}
+                            for s, v in evals]
+                    rows.append({"kind": "epoch", "iteration": evals[-1][0], "epoch": 3, "train_loss": 1.0,
+                                 "test_top1": 40.0, "test_loss": 1.0, "val_top1": evals[-1][1]})
+                    write_trial(logroot, exp, params["trial_id"], params, rows)
+                    n += 1
+    return [os.path.join(logroot, f"{o.lower()}_grid") for o in TRUTH]
+
+
+def test_steps_to_target_interpolates_between_evaluations():
+    evals = [(10, 20.0), (20, 40.0), (30, 60.0)]
+    assert plot_results.steps_to_target(evals, 50.0) == pytest.approx(25.0)
+    assert plot_results.steps_to_target(evals, 60.0) == pytest.approx(30.0)
+    assert plot_results.steps_to_target(evals, 10.0) == 10.0  # the first evaluation already reaches it
+    assert plot_results.steps_to_target(evals, 60.5) is None  # not reached
+
+
+def test_the_fit_recovers_a_known_critical_batch():
+    sizes = [64, 128, 512, 2048, 8192]
+    s_min, b_crit = plot_results.fit_critical_batch(sizes, [300 * (1 + 700 / b) for b in sizes])
+    assert s_min == pytest.approx(300, rel=0.01) and b_crit == pytest.approx(700, rel=0.01)
+    assert plot_results.fit_critical_batch([64], [100]) is None
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stt")
+    experiments = make_logs(str(root / "logs"))
+    out = root / "plots"
+    written = plot_results.main([*experiments, "--out", str(out), "--target", str(TARGET)])
+    return out, written
+
+
+def test_target_writes_the_figure_and_tables(outputs):
+    out, written = outputs
+    for name in ("steps_to_target.png", "steps_to_target.pdf", "steps_to_target.md", "steps_to_target.csv",
+                 "results_table.md"):
+        assert str(out / name) in written and (out / name).stat().st_size > 0
+
+
+def test_best_settings_and_critical_batch(outputs):
+    out, _ = outputs
+    with open(out / "steps_to_target.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(TRUTH) * len(SIZES) * 3
+    best = {(r["optimizer"], int(r["batch_size"])): r for r in rows if r["best"] == "yes"}
+    assert set(best) == {(o, b) for o in TRUTH for b in SIZES}
+    for (optimizer, b), r in best.items():
+        s_min, b_crit = TRUTH[optimizer]
+        assert r["setting"] == "lr=1" and int(r["reached"]) == 3
+        assert float(r["steps_mean"]) == pytest.approx(s_min * (1 + b_crit / b), rel=0.02)
+    never = [r for r in rows if r["setting"] == "lr=0.5"]
+    assert all(r["reached"] == "0" and r["steps_mean"] == "" for r in never)
+    text = (out / "steps_to_target.md").read_text()
+    assert "not reached" in text and "interpolated" in text
+    for optimizer, (_, b_crit) in TRUTH.items():
+        line = next(line for line in text.splitlines() if line.startswith(f"- {optimizer}: B_crit"))
+        fitted = float(line.split("B_crit = ")[1].split()[0])
+        low, high = (float(v) for v in line.split("interval ")[1].split(")")[0].split("–"))
+        assert fitted == pytest.approx(b_crit, rel=0.1) and low <= fitted <= high
+
+
+@pytest.mark.parametrize("value", ["-1", "100.5", "nan"])
+def test_a_target_outside_0_to_100_is_one_line_and_writes_nothing(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        plot_results.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "out"), "--target", value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("plot_results.py: error: --target: expected") and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_target_without_validation_rows_is_an_error(tmp_path, capsys):
+    params = {"arch": "AirbenchNet", "dataset": "cifar10", "optimizer": "LARS", "lr": 1.0, "batch_size": 64,
+              "epochs": 1, "seed": 1, "recipe_keys": RECIPE, "trial_id": "a1", "finished": True}
+    write_trial(str(tmp_path / "logs"), "plain", "a1", params,
+                [{"kind": "epoch", "iteration": 10, "epoch": 1, "train_loss": 1.0, "test_top1": 40.0}])
+    with pytest.raises(SystemExit):
+        plot_results.main([str(tmp_path / "logs" / "plain"), "--out", str(tmp_path / "out"), "--target", "50"])
+    assert "--target: no trial has validation rows" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
