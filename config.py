@@ -133,6 +133,8 @@ class Runtime:
     noise_scale: bool = _opt(False, "estimate the gradient noise scale B_simple = tr(Sigma)/|G|^2 from each step's "
                                     "micro-batches (or ranks), logged every --log_interval steps as noise_scale, "
                                     "noise_trace, noise_grad_sq (McCandlish et al. 2018)")
+    log_trust_ratios: bool = _opt(False, "LARS: log each adapted layer's ||w||, ||g|| and the trust ratio the "
+                                         "optimizer used, every --log_interval steps, as rows of kind 'trust'")
     checkpoint_every: int = _opt(1, "write last.pt every N epochs (the last epoch always)", low=1)
     compile: bool = _opt(False, "run the model and the optimizer step through torch.compile")
     malloc: str = _opt("reuse", "host memory (glibc): reuse freed blocks instead of mapping fresh pages for "
@@ -288,6 +290,8 @@ def check(recipe, runtime=None, world_size=1):
             raise UsageError("--amp: fp16 needs --cuda (use bf16 on the CPU)")
         if runtime.eval_every is not None and not r.val_size:
             raise UsageError("--eval_every: needs --val_size (a validation split to evaluate)")
+        if runtime.log_trust_ratios and r.optimizer != "LARS":
+            raise UsageError(f"--log_trust_ratios: needs --optimizer LARS (got {r.optimizer}: no trust ratios)")
         if runtime.noise_scale and r.amp == "fp16":
             raise UsageError("--noise_scale: not with --amp fp16 (its gradients are loss-scaled)")
 

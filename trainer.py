@@ -174,6 +174,29 @@ def train_step(parts, images, labels):
     return loss_sum, correct
 
 
+def trust_ratio_stats(parts):
+    """(layer names, [one float64 tensor]) for the optimizer's last step: the ||w|| of the n adapted tensors,
+    then their ||g||, then the trust ratios (LARS.trust_ratio_stats: the values its update used, not
+    recomputed), gathered on the device to be read with the loss."""
+    names = {id(p): name for name, p in parts.model.named_parameters()}
+    layers, columns = [], ([], [], [])
+    for params, *stats in parts.optimizer.trust_ratio_stats():
+        layers += [names.get(id(p), "?") for p in params]
+        for column, values in zip(columns, stats):
+            column.append(values.double())
+    if not layers:
+        return [], []
+    return layers, [torch.cat([torch.cat(column) for column in columns])]
+
+
+def trust_ratio_row(layers, values, world_size):
+    """The 'trust' row from trust_ratio_stats's values as read (summed over the ranks, which agree)."""
+    n = len(layers)
+    values = [v / world_size for v in values]
+    return {"layers": layers, "weight_norm": values[:n], "grad_norm": values[n:2 * n],
+            "trust_ratio": values[2 * n:3 * n]}
+
+
 def all_reduce_sum(tensor, world_size):
     if world_size > 1:
         dist.all_reduce(tensor)
@@ -303,6 +326,8 @@ def broadcast_from_master(value, world_size):
 def prepare(recipe, runtime):
     """Check everything that can be checked before the data is loaded; returns the resolved recipe."""
     config.check(recipe, runtime, world_size=int(os.environ.get("WORLD_SIZE", 1)))  # torchrun's, before joining
+    if runtime.log_trust_ratios and not hasattr(LARS, "trust_ratio_stats"):
+        raise config.UsageError("--log_trust_ratios: this lars.py has no LARS.trust_ratio_stats()")
     if runtime.cuda and not torch.cuda.is_available():
         raise config.UsageError("--cuda: CUDA is not available on this machine (drop --cuda to train on the CPU)")
     store.check_destination(runtime.logroot, runtime.experimentname)
@@ -370,15 +395,21 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
                 # waits for the device, so reading every step would serialise CPU and GPU. The cost: a
                 # NaN is noticed up to log_interval steps late (the last good checkpoint is kept).
                 if step % runtime.log_interval == 0 or epoch_end:
-                    read = interval_sums if parts.noise is None else torch.cat([interval_sums,
-                                                                                 parts.noise.readout(device)])
-                    loss_sum, correct, *noise = all_reduce_sum(read, world_size).tolist()  # the interval's one sync
+                    noise_values = [parts.noise.readout(device)] if parts.noise is not None else []
+                    trust_names, trust_values = trust_ratio_stats(parts) if runtime.log_trust_ratios else ([], [])
+                    read = torch.cat([interval_sums, *noise_values, *trust_values])
+                    read = all_reduce_sum(read, world_size).tolist()  # the interval's one sync
+                    noise_end = 2 + 2 * len(noise_values)
+                    (loss_sum, correct), noise, trust = read[:2], read[2:noise_end], read[noise_end:]
                     loss, top1 = loss_sum / interval_samples, 100 * correct / interval_samples
                     check_finite(loss, epoch, global_step, lr)
                     if master:
                         noise_row = parts.noise.row(noise, world_size) if parts.noise is not None else {}
                         trial.log(iteration=global_step, kind="step", epoch=epoch + 1, learning_rate=lr,
                                   train_loss=loss, train_top1=top1, **noise_row)
+                        if trust_names:
+                            trial.log(iteration=global_step, kind="trust", epoch=epoch + 1,
+                                      **trust_ratio_row(trust_names, trust, world_size))
                         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
                     epoch_sums = [epoch_sums[0] + loss_sum, epoch_sums[1] + correct, epoch_sums[2] + interval_samples]
                     interval_sums.zero_()
