@@ -10,6 +10,10 @@ Each argument is an experiment folder (LOGROOT/EXPERIMENT, one config). Writes i
   setting_<key>.png/.pdf         where an experiment sweeps a setting (lr, schedule, ...) at a fixed batch
                                  size: final test top-1 against that setting
   results_table.md               one row per (experiment, batch size, setting)
+  trust_ratios.png/.pdf, .md     with trials run with --log_trust_ratios: LARS's trust ratio per layer over
+                                 steps, and ||w||, ||g||, their ratio per layer at the first and last logged step
+  steps_to_target.png/.pdf, .md, .csv   with --target T (trials run with --val_size): optimizer steps to T%
+                                 validation top-1 against batch size (see --help)
 
 Grouping: a trial's param map lists in `recipe_keys` the parameters that define what it computes. Within
 one experiment, trials that share every recipe key except `seed` are the seeds of one point; a recipe key
@@ -598,7 +602,83 @@ def build_figures(trials, command=None, note=None):
                    "train_loss": fig_train_loss(points, colours, scale, command, note)}
         for key, panels in sweeps(points).items():
             figures[f"setting_{_safe(key)}"] = fig_setting(key, panels, colours, points, command, note)
+        if trust_trials(points):
+            figures["trust_ratios"] = fig_trust_ratios(trust_trials(points), command, note)
     return figures
+
+
+# ================================================================ per-layer trust ratios (--log_trust_ratios)
+
+TRUST_TABLE = "trust_ratios.md"
+
+
+def trust_trials(points):
+    """[(point, trial)]: for each line point (as drawn in the other figures) its first seed with trust rows."""
+    out = []
+    for p in line_points(points):
+        t = next((t for t in p["trials"] if t.get("trust")), None)
+        if t is not None:
+            out.append((p, t))
+    return out
+
+
+def _layer_series(trial, layer, key):
+    return [(r["iteration"], r[key][r["layers"].index(layer)]) for r in trial["trust"] if layer in r["layers"]]
+
+
+def fig_trust_ratios(pairs, command, note):
+    n = len(pairs)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    footer = ["The trust ratio lambda LARS used for each adapted layer (its own computation, logged every "
+              "--log_interval steps), one line per layer, colour from the first layer (dark) to the last (light). "
+              "One panel per experiment and batch size (its best setting, first seed with these rows); "
+              "trust_ratios.md gives ||w||, ||grad w|| and their ratio per layer at the start and end."]
+    fig, axes = _figure(max(3.5, 2.33 * ncols), 2.0 * nrows, _footer(footer, command, note), ncols=ncols,
+                        nrows=nrows, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    cmap = plt.get_cmap("viridis")
+    for ax, (p, t) in zip(axes.flat, pairs):
+        layers = t["trust"][0]["layers"]
+        for i, layer in enumerate(layers):
+            series = [(x, y) for x, y in _layer_series(t, layer, "trust_ratio") if _finite(y) and y > 0]
+            if series:
+                ax.plot(*zip(*series), color=cmap(0.9 * i / max(1, len(layers) - 1)), linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("optimizer steps")
+        ax.set_ylabel("trust ratio (log scale)")
+        ax.grid(True, which="both", alpha=0.2, linewidth=0.5)
+        ax.set_title(f"{p['experiment']}, batch {p['batch_size']}, seed {t['seed']}", fontsize=7)
+    _fit_title(fig, "Per-layer LARS trust ratio during training")
+    return fig
+
+
+def trust_table(pairs):
+    """The LARS paper's per-layer table (its Table 1: ||w|| / ||grad w|| by layer) at the first and the last
+    logged step of each trial drawn in fig_trust_ratios."""
+    lines = ["# Per-layer norms and trust ratios, first and last logged step", "",
+             "||w|| and ||g|| (the gradient, before weight decay) of each adapted layer, their ratio, and the trust "
+             "ratio LARS used, as logged by --log_trust_ratios.", ""]
+    for p, t in pairs:
+        first, last = t["trust"][0], t["trust"][-1]
+        lines += [f"## {p['experiment']}, batch {p['batch_size']}"
+                  + (f" ({p['setting_label']})" if p["setting_label"] else "")
+                  + f", seed {t['seed']}: steps {first['iteration']} and {last['iteration']}", "",
+                  "| layer | ‖w‖ | ‖g‖ | ‖w‖/‖g‖ | trust ratio | ‖w‖ (end) | ‖g‖ (end) | ‖w‖/‖g‖ (end) | "
+                  "trust ratio (end) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for layer in first["layers"]:
+            cells = [layer]
+            for row in (first, last):
+                if layer not in row["layers"]:
+                    cells += ["—"] * 4
+                    continue
+                i = row["layers"].index(layer)
+                w, g, ratio = row["weight_norm"][i], row["grad_norm"][i], row["trust_ratio"][i]
+                cells += [f"{w:.4g}", f"{g:.4g}", f"{w / g:.4g}" if g else "—", f"{ratio:.4g}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 # ================================================================ steps to a validation target
@@ -908,6 +988,9 @@ def write_all(trials, out_dir, command=None, note=None, title=None, target=None)
             plt.close(fig)
         raise
     texts[TABLE] = results_table(trials, title)
+    pairs = trust_trials(group_points([t if "recipe" in t else summarize(t) for t in trials]))
+    if pairs:
+        texts[TRUST_TABLE] = trust_table(pairs)
     try:
         os.makedirs(out_dir, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".plot_results-", dir=out_dir)
@@ -945,8 +1028,9 @@ def _command(experiments, out):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="plot_results.py", description=__doc__.split("\n\n")[0],
-        epilog="Outputs: accuracy_vs_batch, test_accuracy_curves, train_loss, setting_<key> (.png and .pdf) "
-               "and results_table.md.")
+        epilog="Outputs: accuracy_vs_batch, test_accuracy_curves, train_loss, setting_<key>, trust_ratios (with "
+               "--log_trust_ratios trials), steps_to_target (with --target) as .png and .pdf; results_table.md, "
+               "trust_ratios.md, steps_to_target.md/.csv.")
     parser.add_argument("experiments", nargs="+", help="experiment folders: LOGROOT/EXPERIMENT")
     parser.add_argument("--out", default="plots",
                         help="output folder (default: ./plots; give --out images/... for the repository's figures)")

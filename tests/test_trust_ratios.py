@@ -52,6 +52,18 @@ def test_trust_rows_name_each_adapted_layer_every_log_interval(tiny_cifar10, tmp
         for w, g, ratio in zip(r["weight_norm"], r["grad_norm"], r["trust_ratio"]):
             assert w > 0 and g > 0 and ratio == pytest.approx(0.001 * w / (g + 5e-4 * w), rel=1e-5)
 
+    import plot_results  # draws them: trust ratio per layer over steps, and the per-layer table
+    written = plot_results.main([str(tmp_path / "trust"), "--out", str(tmp_path / "plots")])
+    assert str(tmp_path / "plots" / "trust_ratios.png") in written
+    table = (tmp_path / "plots" / "trust_ratios.md").read_text()
+    first, last = trust[0], trust[-1]
+    for layer in adapted:
+        line = next(line for line in table.splitlines() if line.startswith(f"| {layer} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        i, j = first["layers"].index(layer), last["layers"].index(layer)
+        assert float(cells[4]) == pytest.approx(first["trust_ratio"][i], rel=1e-3)
+        assert float(cells[8]) == pytest.approx(last["trust_ratio"][j], rel=1e-3)
+
 
 def test_trust_ratios_need_lars_and_its_statistics(tiny_cifar10, tmp_path, capsys, monkeypatch):
     root, _ = tiny_cifar10
