@@ -70,19 +70,44 @@ def read_experiment(path):
     except store.StoreError as e:
         raise ResultsError(str(e)) from None
     experiment = os.path.basename(os.path.normpath(path))
+    name = next((n for n in (config_name(params) for params, _ in stored) if n), None)
     trials = []
     for params, rows in stored:
         by_epoch = {int(r["epoch"]): r for r in rows if r.get("kind") == "epoch" and r.get("epoch") is not None}
         by_step = {kind: {int(r["iteration"]): r for r in rows if r.get("kind") == kind
                           and _finite(r.get("iteration"))} for kind in ("eval", "trust")}
         trials.append({"experiment": experiment, "path": path, "param_path": store.params_path(path, params["trial_id"]),
-                       "trial_id": str(params["trial_id"]), "params": params,
+                       "trial_id": str(params["trial_id"]), "params": params, "name": name,
                        "epochs": [by_epoch[e] for e in sorted(by_epoch)],
                        **{kind + ("s" if kind == "eval" else ""): [rs[i] for i in sorted(rs)]
                           for kind, rs in by_step.items()}})
     if not any(t["epochs"] for t in trials):
         raise ResultsError(f"{path}: no results yet (none of its {len(trials)} trial(s) has completed an epoch)")
     return sorted(trials, key=lambda t: t["trial_id"])
+
+
+def config_name(params):
+    """The `name:` of the config a trial was run from (its invocation's --config, relative to the folder it
+    ran in or to this repository), or None: a readable name for the figures."""
+    import shlex
+    import yaml
+    try:
+        words = shlex.split(params.get("invocation") or "")
+    except ValueError:
+        return None
+    paths = [w.split("=", 1)[1] for w in words if w.startswith("--config=")]
+    paths += [b for a, b in zip(words, words[1:]) if a == "--config"]
+    for path in paths:
+        for folder in ("", os.path.dirname(os.path.abspath(__file__))):
+            try:
+                with open(os.path.join(folder, path)) as f:
+                    raw = yaml.safe_load(f)
+            except (OSError, yaml.YAMLError):
+                continue
+            first = raw[0] if isinstance(raw, list) and raw else raw
+            if isinstance(first, dict) and isinstance(first.get("name"), str):
+                return first["name"]
+    return None
 
 
 def read_all(paths):
@@ -177,6 +202,29 @@ def _fmt(value):
     return str(value)
 
 
+def _order(value):
+    """A sort key that puts numbers in numeric order (16 after 4), then everything else by its text."""
+    return (0, float(value), "") if _finite(value) else (1, 0.0, _fmt(value))
+
+
+def setting_value(point, key):
+    """The setting's value where it is placed on an axis or in an order: ghost_batch_size 0 (BatchNorm over
+    the whole micro-batch) at the micro-batch's size, where it belongs among the ghost batch sizes."""
+    value = dict(point["setting"])[key]
+    if key == "ghost_batch_size" and value == 0:
+        sizes = {t["params"].get("bn_batch_size") for t in point["trials"]}
+        if len(sizes) == 1 and _finite(next(iter(sizes))):
+            return sizes.pop()
+    return value
+
+
+def _setting_text(point, key, value):
+    if key == "ghost_batch_size" and value == 0:
+        size = setting_value(point, key)
+        return f"{key}=0 (whole micro-batch" + (f" of {size})" if size else ")")
+    return f"{key}={_fmt(value)}"
+
+
 def group_points(trials):
     """Summarized trials -> points: one per (experiment, recipe without seed), sorted (experiment, batch,
     setting). A point is a dict: experiment, optimizer, batch_size, setting (tuple of (key, value)),
@@ -201,7 +249,6 @@ def group_points(trials):
             "optimizer": "/".join(sorted({t["optimizer"] for t in ts})),
             "batch_size": ts[0]["batch_size"],
             "setting": p["setting"],
-            "setting_label": ", ".join(f"{k}={_fmt(v)}" for k, v in p["setting"]),
             "trials": ts,
             "n": len(ts),
             "n_final": len(finals),
@@ -212,7 +259,10 @@ def group_points(trials):
             "diverged": [t for t in ts if t["diverged_epoch"] is not None],
             "test_subset": sorted({t["test_subset"] for t in ts if t["test_subset"]}),
         })
-    return sorted(out, key=lambda p: (p["experiment"], p["batch_size"] or 0, _key(p["setting"])))
+    for p in out:
+        p["setting_label"] = ", ".join(_setting_text(p, k, v) for k, v in p["setting"])
+    return sorted(out, key=lambda p: (p["experiment"], p["batch_size"] or 0,
+                                      tuple((k, _order(setting_value(p, k))) for k, _ in p["setting"])))
 
 
 def line_points(points):
@@ -229,8 +279,11 @@ def line_points(points):
 
 
 def recipe_label(experiment, points):
-    opts = sorted({p["optimizer"] for p in points if p["experiment"] == experiment})
-    return f"{experiment} ({'/'.join(opts)})"
+    """The experiment's config `name:` (else its folder name) and its optimizers."""
+    mine = [p for p in points if p["experiment"] == experiment]
+    opts = sorted({p["optimizer"] for p in mine})
+    name = next((t.get("name") for p in mine for t in p["trials"] if t.get("name")), None)
+    return f"{name or experiment} ({'/'.join(opts)})"
 
 
 # Colour-blind-safe colours (Okabe-Ito without yellow, plus a purple); no black or grey: those mark the
@@ -338,21 +391,23 @@ def _footer(common, command, note):
 def fig_accuracy_vs_batch(points, colours, scale, command, note):
     scale_text, seed_scale = scale
     drawn = line_points(points)
-    experiments = sorted({p["experiment"] for p in drawn})
+    experiments = sorted({p["experiment"] for p in drawn}, key=lambda e: recipe_label(e, points))
     has_sweep = len(drawn) < len([p for p in points if p["mean"] is not None])
     has_partial = any(p["partial"] for p in drawn)
     footer = [f"Points: mean over seeds of the final test top-1 (after the last completed epoch); "
-              f"bars: {SPREAD}; n per point in results_table.md."
+              f"bars: {SPREAD}; n seeds beside each point (n=1: a single seed, diamond, no bar)."
               + (" Where a batch size has a setting sweep, its best setting (by this same test top-1, so an "
                  "optimistic pick) is on the line, the others are faint dots (see setting_*.png)." if has_sweep else "")
               + (" Hollow: includes unfinished trials." if has_partial else "")
               + (" x: a diverged seed (NaN/inf loss), included in the mean."
                  if any(p["diverged"] for p in drawn) else ""),
-              "Seed's tables: LARS, ResNet18, CIFAR-10, 200 epochs." + (
-                  "" if seed_scale else f" NOTE: these trials are at a different scale ({scale_text}); "
-                                        f"the seed's numbers are not directly comparable.")]
-    fig, ax = _figure(WIDE, 3.0, _footer(footer, command, note))
+              "Right: the seed's published tables (LARS, ResNet18, CIFAR-10, 200 epochs), on their own axes."
+              + ("" if seed_scale else f" NOTE: these trials are at a different scale ({scale_text}); "
+                                       f"the seed's numbers are not directly comparable.")]
+    fig, (ax, ax_seed) = _figure(WIDE, 3.0, _footer(footer, command, note), ncols=2,
+                                 gridspec_kw={"width_ratios": [3, 1.2]})
     k = len(experiments)
+    shown = []
     for i, exp in enumerate(experiments):
         colour = colours[exp]
         dodge = 2 ** (0.05 * (i - (k - 1) / 2))  # keep the bars of several lines apart
@@ -361,11 +416,14 @@ def fig_accuracy_vs_batch(points, colours, scale, command, note):
         ys = [p["mean"] for p in ps]
         lo = [p["mean"] - p["min"] for p in ps]
         hi = [p["max"] - p["mean"] for p in ps]
+        shown += [p["min"] for p in ps] + [p["max"] for p in ps]
         ax.plot(xs, ys, "-", color=colour, linewidth=1.4, label=recipe_label(exp, points), zorder=3)
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt="none", ecolor=colour, elinewidth=1, capsize=2.5, zorder=3)
         for p, x, y in zip(ps, xs, ys):
-            ax.plot([x], [y], "o", color=colour, markersize=4, zorder=4,
+            ax.plot([x], [y], "D" if p["n_final"] == 1 else "o", color=colour, markersize=4, zorder=4,
                     markerfacecolor="white" if p["partial"] else colour)
+            ax.annotate(f"n={p['n_final']}", (x, y), xytext=(3, -8), textcoords="offset points", fontsize=5.5,
+                        color=colour)
         bad = [(p["batch_size"] * dodge, t["final_top1"]) for p in ps for t in p["diverged"]
                if t["final_top1"] is not None]
         if bad:
@@ -374,26 +432,37 @@ def fig_accuracy_vs_batch(points, colours, scale, command, note):
         if others:
             ax.plot([p["batch_size"] * dodge for p in others], [p["mean"] for p in others], ".", color=colour,
                     alpha=0.45, markersize=4, zorder=2)
-    seed_x = sorted(SEED_POWER2)
-    ax.plot(seed_x, [SEED_POWER2[b] for b in seed_x], "s-", color="black", markersize=3.5, linewidth=1,
-            label="seed's table, poly power 2")
-    ax.plot(seed_x, [SEED_POWER1[b] for b in seed_x], "^--", color="0.45", markersize=3.5, linewidth=1,
-            label="seed's table, poly power 1")
+            shown += [p["mean"] for p in others]
+    lo, hi = (min(shown), max(shown)) if shown else (0, 100)
+    pad = max(1.0, 0.08 * (hi - lo))
+    ax.set_ylim(max(0, lo - pad), min(100, hi + pad))
     datasets = sorted({t["params"].get("dataset", "cifar10") for p in points for t in p["trials"]})
     for d in datasets:
         chance = 100 / NUM_CLASSES.get(d, 10)
-        ax.axhline(chance, color="0.6", linestyle=":", linewidth=1, zorder=1)
-        ax.annotate(f"chance ({DATASET_NAMES.get(d, d)}, {chance:g}%)", (0, chance),
-                    xycoords=("axes fraction", "data"),
-                    xytext=(3, 2), textcoords="offset points", ha="left", va="bottom", fontsize=6, color="0.4")
-    sizes = sorted({p["batch_size"] for p in points if p["batch_size"]} | set(seed_x))
+        if ax.get_ylim()[0] <= chance:
+            ax.axhline(chance, color="0.6", linestyle=":", linewidth=1, zorder=1)
+            ax.annotate(f"chance ({DATASET_NAMES.get(d, d)}, {chance:g}%)", (0, chance),
+                        xycoords=("axes fraction", "data"), xytext=(3, 2), textcoords="offset points", ha="left",
+                        va="bottom", fontsize=6, color="0.4")
+    sizes = sorted({p["batch_size"] for p in points if p["batch_size"]})
     _batch_ticks(ax, sizes)
     ax.set_xlim(sizes[0] / 1.4, sizes[-1] * 1.4)
-    ax.set_ylim(0, 100)
     ax.set_xlabel("batch size (log scale)")
     ax.set_ylabel("final test top-1 (%)")
     ax.grid(True, alpha=0.25, linewidth=0.5)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False)
+    seed_x = sorted(SEED_POWER2)
+    ax_seed.plot(seed_x, [SEED_POWER2[b] for b in seed_x], "s-", color="black", markersize=3.5, linewidth=1,
+                 label="seed's table, poly power 2")
+    ax_seed.plot(seed_x, [SEED_POWER1[b] for b in seed_x], "^--", color="0.45", markersize=3.5, linewidth=1,
+                 label="seed's table, poly power 1")
+    _batch_ticks(ax_seed, seed_x)
+    ax_seed.set_xticklabels([str(b) if i % 2 == 0 else "" for i, b in enumerate(seed_x)])
+    ax_seed.set_xlim(seed_x[0] / 1.4, seed_x[-1] * 1.4)
+    ax_seed.set_title("the seed's tables (200 epochs)", fontsize=7)
+    ax_seed.set_xlabel("batch size (log scale)")
+    ax_seed.grid(True, alpha=0.25, linewidth=0.5)
+    handles = ax.get_legend_handles_labels()[0] + ax_seed.get_legend_handles_labels()[0]
+    ax_seed.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 1), borderaxespad=0, frameon=False)
     _fit_title(fig, "Final test top-1 vs batch size", scale_text)
     return fig
 
@@ -432,51 +501,56 @@ def _style(p, colours, batch_sizes):
 
 def fig_test_curves(points, colours, scale, command, note):
     drawn = line_points(points)
-    experiments = sorted({p["experiment"] for p in drawn})
+    experiments = sorted({p["experiment"] for p in drawn}, key=lambda e: recipe_label(e, points))
     batch_sizes = sorted({p["batch_size"] for p in drawn})
     diverged = any(p["diverged"] for p in drawn)
-    footer = [f"Test top-1 after each epoch, mean over seeds; band: {SPREAD}. Colour: experiment; shade "
-              f"and dash: batch size." + (" Diverged trials are left out (marked in train_loss)." if diverged else "")
+    footer = [f"Test top-1 after each epoch, mean over seeds; band: {SPREAD}. One row per experiment (its "
+              f"colour), against epochs (left) and optimizer steps (right); shade and dash: batch size. Rows share "
+              f"the y-range." + (" Diverged trials are left out (marked in train_loss)." if diverged else "")
               + (" Batch sizes with a setting sweep show their best setting."
                                           if len(drawn) < len([p for p in points if p["mean"] is not None]) else "")]
-    fig, (ax_e, ax_s) = _figure(WIDE, 2.8, _footer(footer, command, note), ncols=2)
-    for p in drawn:
-        healthy = [t for t in p["trials"] if t["diverged_epoch"] is None] or p["trials"]
-        curve = _mean_curve(healthy, "test_top1", lambda t: True)
-        if not curve:
-            continue
-        style = _style(p, colours, batch_sizes)
-        epochs = list(curve)
-        steps, mean, lo, hi = (list(v) for v in zip(*curve.values()))
-        for ax, xs in ((ax_e, epochs), (ax_s, steps)):
-            # a marker where a running trial has a single epoch so far (a line of one point is invisible)
-            ax.plot(xs, mean, linewidth=1.1, marker="o" if len(xs) == 1 else None, markersize=3, **style)
-            if len(healthy) > 1:
-                ax.fill_between(xs, lo, hi, color=style["color"], alpha=0.18, linewidth=0)
-    ax_e.set_xlabel("epoch")
-    ax_s.set_xlabel("optimizer steps (log scale)")
-    ax_s.set_xscale("log")
-    for ax in (ax_e, ax_s):
-        ax.set_ylabel("test top-1 (%)")
-        ax.grid(True, alpha=0.25, linewidth=0.5)
-    ax_e.set_title("vs epoch")
-    ax_s.set_title("vs optimizer steps")
-    ax_e.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _curve_legend(ax_s, experiments, colours, points, batch_sizes)
+    fig, axes = _figure(WIDE, 1.9 * len(experiments) + 0.4, _footer(footer, command, note), ncols=2,
+                        nrows=len(experiments), squeeze=False, sharey=True)
+    for row, exp in zip(axes, experiments):
+        ax_e, ax_s = row
+        for p in (p for p in drawn if p["experiment"] == exp):
+            healthy = [t for t in p["trials"] if t["diverged_epoch"] is None] or p["trials"]
+            curve = _mean_curve(healthy, "test_top1", lambda t: True)
+            if not curve:
+                continue
+            style = _style(p, colours, batch_sizes)
+            epochs = list(curve)
+            steps, mean, lo, hi = (list(v) for v in zip(*curve.values()))
+            for ax, xs in ((ax_e, epochs), (ax_s, steps)):
+                # a marker where a running trial has a single epoch so far (a line of one point is invisible)
+                ax.plot(xs, mean, linewidth=1.1, marker="o" if len(xs) == 1 else None, markersize=3,
+                        label=str(p["batch_size"]), **style)
+                if len(healthy) > 1:
+                    ax.fill_between(xs, lo, hi, color=style["color"], alpha=0.18, linewidth=0)
+        ax_e.set_xlabel("epoch")
+        ax_s.set_xlabel("optimizer steps (log scale)")
+        ax_s.set_xscale("log")
+        ax_s.xaxis.set_minor_formatter(NullFormatter())  # a narrow range would label its minor ticks, overlapping
+        for ax in row:
+            ax.grid(True, alpha=0.25, linewidth=0.5)
+        ax_e.set_ylabel("test top-1 (%)")
+        ax_e.set_title(recipe_label(exp, points), fontsize=7, loc="left", color=colours[exp])
+        ax_e.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _curve_legend(axes[0][1], experiments, colours, points, batch_sizes)
     _fit_title(fig, "Test top-1 during training", scale[0])
     return fig
 
 
 def fig_train_loss(points, colours, scale, command, note):
     drawn = line_points(points)
-    experiments = sorted({p["experiment"] for p in drawn})
+    experiments = sorted({p["experiment"] for p in drawn}, key=lambda e: recipe_label(e, points))
     batch_sizes = sorted({p["batch_size"] for p in drawn})
     diverged = [(p, t) for p in drawn for t in p["diverged"]]
-    footer = ["Training loss (mean over the epoch), mean over the seeds that did not diverge. Colour: "
-              "experiment; shade and dash: batch size."
+    footer = ["Training loss (mean over the epoch), mean over the seeds that did not diverge, against epochs "
+              "(left) and optimizer steps (right). Colour: experiment; shade and dash: batch size."
               + (" x: a diverged trial (NaN/inf loss) at the epoch it diverged; diverged trials do not set "
                  "the axis range." if diverged else "")]
-    fig, ax = _figure(WIDE, 2.8, _footer(footer, command, note))
+    fig, (ax, ax_s) = _figure(WIDE, 2.8, _footer(footer, command, note), ncols=2, sharey=True)
     healthy_values = []
     for p in drawn:
         curve = _mean_curve(p["trials"], "train_loss", lambda t: t["diverged_epoch"] is None)
@@ -484,6 +558,8 @@ def fig_train_loss(points, colours, scale, command, note):
         if curve:
             ax.plot(list(curve), [v[1] for v in curve.values()], linewidth=1.1,
                     marker="o" if len(curve) == 1 else None, markersize=3, **style)
+            ax_s.plot([v[0] for v in curve.values()], [v[1] for v in curve.values()], linewidth=1.1,
+                      marker="o" if len(curve) == 1 else None, markersize=3, **style)
             healthy_values += [v[1] for v in curve.values() if v[1] > 0]
         for t in p["diverged"]:
             xs = [e for e, v in zip(t["epoch"], t["train_loss"]) if math.isfinite(v) and e < t["diverged_epoch"]]
@@ -508,11 +584,16 @@ def fig_train_loss(points, colours, scale, command, note):
                 markeredgewidth=1.8, clip_on=False, zorder=5)
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (log scale)")
-    ax.grid(True, which="both", alpha=0.2, linewidth=0.5)
+    ax_s.set_xscale("log")
+    ax_s.set_xlabel("optimizer steps (log scale)")
+    ax.set_title("vs epoch")
+    ax_s.set_title("vs optimizer steps")
+    for a in (ax, ax_s):
+        a.grid(True, which="both", alpha=0.2, linewidth=0.5)
     extra = [Line2D([], [], linestyle="none", marker="x", color="black", markeredgewidth=1.5,
                     label="diverged (NaN/inf)")] if diverged else []
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _curve_legend(ax, experiments, colours, points, batch_sizes, extra)
+    _curve_legend(ax_s, experiments, colours, points, batch_sizes, extra)
     _fit_title(fig, "Training loss", scale[0])
     return fig
 
@@ -537,48 +618,74 @@ def sweeps(points):
     return out
 
 
+def _scaled_lrs(q):
+    """The lr actually used (after --lr_scaling) by a point's trials, when it differs from --lr."""
+    used = sorted({t["params"].get("scaled_lr") for t in q["trials"] if _finite(t["params"].get("scaled_lr"))})
+    base = dict(q["setting"]).get("lr")
+    return used if used and any(abs(u - base) > 1e-12 * max(1.0, abs(base)) for u in used) else []
+
+
 def fig_setting(key, panels, colours, points, command, note):
     n = len(panels)
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)
-    footer = [f"Final test top-1, mean over seeds; bars: {SPREAD}; hollow: includes unfinished trials. One panel "
-              f"per experiment and batch size (and the other settings, where several vary)."]
-    fig, axes = _figure(max(3.5, 2.33 * ncols), 2.0 * nrows, _footer(footer, command, note),
+    scaled = key == "lr" and any(_scaled_lrs(q) for *_, qs in panels for q in qs)
+    footer = [f"Final test top-1, mean over seeds; bars: {SPREAD}; n seeds beside each point (n=1: a single seed, "
+              f"diamond); hollow: includes unfinished trials. One panel per experiment and batch size (and the other "
+              f"settings, where several vary); panels of a row share their y-range."
+              + (" x: the base lr (--lr); in brackets the lr actually used, after --lr_scaling (recorded as "
+                 "scaled_lr)." if scaled else "")
+              + (" ghost_batch_size 0 (BatchNorm over the whole micro-batch) is placed at the micro-batch's size."
+                 if key == "ghost_batch_size" else "")]
+    fig, axes = _figure(max(3.5, 2.33 * ncols), 2.1 * nrows, _footer(footer, command, note),
                         ncols=ncols, nrows=nrows, squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    for ax, (exp, batch, other, qs) in zip(axes.flat, panels):
+    row_ranges = {}
+    for index, (ax, (exp, batch, other, qs)) in enumerate(zip(axes.flat, panels)):
         qs = [q for q in qs if q["mean"] is not None]
-        values = [dict(q["setting"])[key] for q in qs]
+        values = [setting_value(q, key) for q in qs]
         numeric = all(_finite(v) for v in values)
+        order = sorted(range(len(qs)), key=lambda i: _order(values[i]))
+        ps = [qs[i] for i in order]
+        labels = [_fmt(values[i]) for i in order]
+        if key == "ghost_batch_size":
+            labels = [f"{lab}\n(whole)" if dict(q["setting"])[key] == 0 else lab for lab, q in zip(labels, ps)]
+        if scaled:
+            labels = [f"{lab}\n({'/'.join(f'{u:.3g}' for u in _scaled_lrs(q))})" if _scaled_lrs(q) else lab
+                      for lab, q in zip(labels, ps)]
         if numeric:
-            order = sorted(range(len(qs)), key=lambda i: values[i])
             xs = [values[i] for i in order]
             if min(xs) > 0 and max(xs) / min(xs) >= 8:
                 ax.set_xscale("log", base=2 if all(float(x).is_integer() for x in xs) else 10)
             ax.set_xticks(xs)
-            ax.set_xticklabels([_fmt(x) for x in xs])
+            ax.set_xticklabels(labels)
             ax.minorticks_off()
         else:
-            order = sorted(range(len(qs)), key=lambda i: _fmt(values[i]))
             xs = list(range(len(qs)))
             ax.set_xticks(xs)
-            ax.set_xticklabels([_fmt(values[i]) for i in order])
+            ax.set_xticklabels(labels)
             ax.set_xlim(-0.5, len(xs) - 0.5)
-        ps = [qs[i] for i in order]
         colour = colours[exp]
         ys = [q["mean"] for q in ps]
         ax.errorbar(xs, ys, yerr=[[q["mean"] - q["min"] for q in ps], [q["max"] - q["mean"] for q in ps]],
                     fmt="-" if numeric else "none", color=colour, capsize=2.5, linewidth=1.2)
         for x, q in zip(xs, ps):  # hollow: includes unfinished trials, as in accuracy_vs_batch
-            ax.plot([x], [q["mean"]], "o", color=colour, markersize=4,
+            ax.plot([x], [q["mean"]], "D" if q["n_final"] == 1 else "o", color=colour, markersize=4,
                     markerfacecolor="white" if q["partial"] else colour)
-        ax.set_xlabel(key)
+            ax.annotate(f"n={q['n_final']}", (x, q["mean"]), xytext=(3, -8), textcoords="offset points",
+                        fontsize=5.5, color="0.3")
+        ax.set_xlabel({"lr": "base lr (--lr)" + (" (lr used)" if scaled else "")}.get(key, key))
         ax.set_ylabel("final test top-1 (%)")
         ax.grid(True, alpha=0.25, linewidth=0.5)
-        title = f"{recipe_label(exp, points)}, batch {batch}" + (f"\n{other}" if other else "")
+        title = f"{recipe_label(exp, points)}\nbatch {batch}" + (f", {other}" if other else "")
         ax.set_title(title, fontsize=7)
         lo, hi = min(q["min"] for q in ps), max(q["max"] for q in ps)
+        row = index // ncols
+        old = row_ranges.get(row, (lo, hi))
+        row_ranges[row] = (min(old[0], lo), max(old[1], hi))
+    for index, ax in enumerate(axes.flat[:n]):
+        lo, hi = row_ranges[index // ncols]
         pad = max(1.0, (hi - lo) * 0.15)
         ax.set_ylim(max(0, lo - pad), min(100, hi + pad))
     _fit_title(fig, f"Final test top-1 vs {key}")
@@ -818,7 +925,7 @@ def steps_to_target_table(tpoints, target):
              "| optimizer | batch size | experiment | setting | seeds | reached | steps mean | median | min–max | "
              "final val top-1 (%) |", "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for p in sorted(tpoints, key=lambda p: (p["optimizer"], p["batch_size"] or 0, p["experiment"],
-                                             _key(p["setting"]))):
+                                             tuple(_order(setting_value(p, k)) for k, _ in p["setting"]))):
         is_best = id(p) in chosen
         reached = f"{p['n_reached']}/{p['n_val']}" + ("" if p["all_reached"] else
                                                        f" ({p['n_val'] - p['n_reached']} not reached)")

@@ -5,7 +5,8 @@
     python train.py --config configs/cpu_study/x.yaml --trials_per_gpu 2 x        # two trials at a time
     python train.py --config configs/seed_table.yaml --cuda --ray auto seed_table # on a running Ray cluster
 
-A config maps recipe flags (`batch_size`, `optimizer`, ...) to values. A list is a grid axis, except for a
+A config maps recipe flags (`batch_size`, `optimizer`, ...) to values, and may give the experiment a readable
+`name:` (plot_results.py labels its figures with it; in a list of grids, the first grid's). A list is a grid axis, except for a
 flag that takes a list itself (`lr_milestones`): there a list of lists is the axis and a plain list is one
 value. The grid is the cartesian product of the axes in the file's order (the last axis varies fastest).
 A config may also be a list of such mappings: several grids, run one after another (e.g. a recipe per batch
@@ -98,6 +99,10 @@ def load_config(path):
 def _load_grid(path, raw):
     axes = {}
     for key, value in raw.items():
+        if key == "name":  # the experiment's readable name, for plot_results's figures (it reads it from here)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{path}: name: expected a readable name (text), got {value!r}")
+            continue
         if key in config.RUNTIME_KEYS:
             raise ConfigError(f"{path}: {key}: says where or how trials run, not what they compute; "
                               f"give --{key} on the command line, not in a config")

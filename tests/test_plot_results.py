@@ -116,7 +116,7 @@ def test_read_experiment_returns_plain_trial_dicts(logs):
     trials = plot_results.read_experiment(os.path.join(logroot, "sgd_nesterov_tuned"))
     assert [t["trial_id"] for t in trials] == sorted(t for t, v in written.items() if v[0] == "sgd_nesterov_tuned")
     t = trials[0]
-    assert set(t) == {"experiment", "path", "param_path", "trial_id", "params", "epochs", "evals", "trust"}
+    assert set(t) == {"experiment", "path", "param_path", "trial_id", "params", "epochs", "evals", "trust", "name"}
     assert t["evals"] == [] and t["trust"] == []  # trials without --val_size or --log_trust_ratios
     assert t["experiment"] == "sgd_nesterov_tuned" and t["param_path"].endswith("_param_map.json")
     assert t["params"] == written[t["trial_id"]][1]
@@ -180,35 +180,44 @@ def test_legends_outside_axes_and_texts_inside_figure(figures):
         assert "python plot_results.py" in footer and "2-core CPU" in footer, name
 
 
-def test_accuracy_vs_batch_has_error_bars_references_and_chance(figures):
-    ax = figures["accuracy_vs_batch"].axes[0]
+def test_accuracy_vs_batch_has_error_bars_n_and_the_seed_beside(figures):
+    ax, ax_seed = figures["accuracy_vs_batch"].axes
     bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     assert len(bars) == 3  # one per experiment
     spans = [seg[1][1] - seg[0][1] for c in bars for col in c.lines[2] for seg in col.get_segments()]
     assert any(s > 0 for s in spans)  # several seeds: a visible spread
-    labels = [h.get_label() for h in figures["accuracy_vs_batch"].axes[0].get_legend().legend_handles]
+    labels = [h.get_label() for h in ax_seed.get_legend().legend_handles]
     assert labels[:3] == ["lars_tuned (LARS)", "seed_table (LARS)", "sgd_nesterov_tuned (SGD)"]
-    lines = {line.get_label(): line for line in ax.get_lines()}
+    lines = {line.get_label(): line for line in ax_seed.get_lines()}
     assert list(lines["seed's table, poly power 2"].get_ydata()) == [89.39, 85.45, 81.2, 73.41, 64.13]
     assert list(lines["seed's table, poly power 1"].get_ydata()) == [89.97, 86.59, 83.05, 76.92, 68.33]
     assert lines["seed's table, poly power 1"].get_linestyle() == "--"
-    assert any(list(line.get_ydata()) == [10, 10] for line in ax.get_lines())  # chance, CIFAR-10
+    # the data's own panel: its batch sizes only, a y-range that fits the data (no chance line at 10% here)
     assert ax.get_xscale() == "log"
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["64", "256", "1024", "4096", "16384"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["64", "1024", "16384"]
+    lo, hi = ax.get_ylim()
+    assert 10 < lo < hi < 100 and not any(list(line.get_ydata()) == [10, 10] for line in ax.get_lines())
+    ns = [t.get_text() for t in ax.texts if t.get_text().startswith("n=")]
+    assert ns.count("n=3") >= 2 and "n=1" not in ns  # every drawn point has several seeds here
     footer = " ".join(" ".join(t.get_text() for t in figures["accuracy_vs_batch"].texts).split())
     assert "different scale" in footer and "min-max" in footer
     assert "final" in ax.get_ylabel() and "best" not in " ".join(lines)  # final only, no best
 
 
-def test_curves_average_seeds_with_bands_on_epoch_and_step_axes(figures, logs):
+def test_curves_one_row_per_experiment_on_epoch_and_step_axes(figures, logs):
     fig = figures["test_accuracy_curves"]
-    ax_e, ax_s = fig.axes
-    assert ax_e.get_xlabel() == "epoch" and "steps" in ax_s.get_xlabel() and ax_s.get_xscale() == "log"
-    # seed_table 64, 1024, 16384; sgd 64, 1024; lars_tuned 64 and its best 1024 setting: one line each
-    assert len(ax_e.get_lines()) == len(ax_s.get_lines()) == 7
-    assert sum(isinstance(c, PolyCollection) for c in ax_e.collections) == 7  # several seeds everywhere
+    assert len(fig.axes) == 6  # three experiments, two axes each
+    rows = [fig.axes[i:i + 2] for i in (0, 2, 4)]
+    for ax_e, ax_s in rows:
+        assert ax_e.get_xlabel() == "epoch" and "steps" in ax_s.get_xlabel() and ax_s.get_xscale() == "log"
+    # lars_tuned 64 and its best 1024 setting; seed_table 64, 1024, 16384; sgd 64, 1024: one line each
+    assert [len(ax_e.get_lines()) for ax_e, _ in rows] == [2, 3, 2]
+    assert [ax_e.get_title(loc="left") for ax_e, _ in rows] == ["lars_tuned (LARS)", "seed_table (LARS)",
+                                                                "sgd_nesterov_tuned (SGD)"]
+    ax_e, ax_s = rows[1]
+    assert sum(isinstance(c, PolyCollection) for c in ax_e.collections) == 3  # several seeds everywhere
     _, written = logs
-    seed64 = [rows for exp, p, rows in written.values() if exp == "seed_table" and p["batch_size"] == 64]
+    seed64 = [rows_ for exp, p, rows_ in written.values() if exp == "seed_table" and p["batch_size"] == 64]
     means = [sum(r[e]["test_top1"] for r in seed64) / 3 for e in range(EPOCHS)]
     assert any(list(line.get_ydata()) == pytest.approx(means) for line in ax_e.get_lines())
     steps = [e * STEPS_PER_EPOCH[64] for e in range(1, EPOCHS + 1)]
@@ -222,12 +231,15 @@ def test_train_loss_is_log_scale_and_diverged_trial_marked_not_scaling(figures):
     assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [3]  # diverged at epoch 3
     assert ax.get_ylim()[1] < 50  # the 50.0 before the NaN does not set the range
     assert crosses[0].get_ydata()[0] == pytest.approx(ax.get_ylim()[1])  # pinned to the top edge
+    ax_s = figures["train_loss"].axes[1]  # and against optimizer steps
+    assert "steps" in ax_s.get_xlabel() and ax_s.get_xscale() == "log" and len(ax_s.get_lines()) >= 7
 
 
 def test_setting_figures_panel_per_sweep(figures):
     lr = [ax for ax in figures["setting_lr"].axes if ax.get_visible()]
-    assert len(lr) == 1 and lr[0].get_xlabel() == "lr" and "batch 1024" in lr[0].get_title()
-    assert [t.get_text() for t in lr[0].get_xticklabels()] == ["1", "2", "4"]
+    assert len(lr) == 1 and lr[0].get_xlabel() == "base lr (--lr) (lr used)" and "batch 1024" in lr[0].get_title()
+    assert [t.get_text() for t in lr[0].get_xticklabels()] == ["1\n(2)", "2\n(4)", "4\n(8)"]  # scaled_lr = 2 lr
+    assert [t.get_text() for t in lr[0].texts] == ["n=2"] * 3
     assert "max_samples_per_gpu=512" in lr[0].get_title()  # the lr grid at the default micro-batch
     ghost = [ax for ax in figures["setting_max_samples_per_gpu"].axes if ax.get_visible()]
     assert len(ghost) == 1 and [t.get_text() for t in ghost[0].get_xticklabels()] == ["128", "512"]
@@ -240,7 +252,7 @@ def test_colour_per_recipe_is_deterministic_and_shared(figures):
     assert plot_results.recipe_colours(["lars_tuned"]) == {"lars_tuned": colours["lars_tuned"]}  # by name alone
     handles = {h.get_label(): h.get_color() for h in figures["test_accuracy_curves"].axes[1].get_legend().legend_handles
                if hasattr(h, "get_color")}
-    acc = {h.get_label(): h.get_color() for h in figures["accuracy_vs_batch"].axes[0].get_legend().legend_handles}
+    acc = {h.get_label(): h.get_color() for h in figures["accuracy_vs_batch"].axes[1].get_legend().legend_handles}
     for label in ("lars_tuned (LARS)", "seed_table (LARS)", "sgd_nesterov_tuned (SGD)"):
         assert handles[label] == acc[label] == colours[label.split(" ")[0]]
 
@@ -376,3 +388,46 @@ def test_output_path_that_is_a_file_is_one_line_exit_2(logs, tmp_path, capsys):
     assert exit_info.value.code == 2 and err.count("\n") == 1
     assert err.startswith(f"plot_results.py: error: {out}: cannot write")
     assert out.read_text() == "a file"
+
+
+def test_settings_sort_numerically_and_whole_micro_batch_sits_at_its_size(tmp_path):
+    """lr 16 after 4 (not as text), ghost_batch_size 0 (the whole micro-batch of 512) after 128."""
+    recipe = ["arch", "optimizer", "lr", "batch_size", "ghost_batch_size", "epochs", "seed"]
+    n = 0
+    for lr, ghost in ((4.0, 128), (16.0, 128), (8.0, 128), (8.0, 0), (8.0, 32)):
+        params = {"arch": "AirbenchNet", "optimizer": "LARS", "lr": lr, "batch_size": 2048, "ghost_batch_size": ghost,
+                  "epochs": 1, "seed": 1, "recipe_keys": recipe, "trial_id": f"g{n}", "finished": True,
+                  "bn_batch_size": ghost or 512, "start_time": f"2026-01-01T00:0{n}"}
+        write_trial(str(tmp_path / "logs"), "grid", f"g{n}", params,
+                    [{"kind": "epoch", "iteration": 10, "epoch": 1, "train_loss": 1.0, "test_loss": 1.0,
+                      "test_top1": 50.0 + n}])
+        n += 1
+    out = tmp_path / "out"
+    plot_results.main([str(tmp_path / "logs" / "grid"), "--out", str(out)])
+    settings = [r["setting"] for r in table_rows(out / "results_table.md")]
+    assert settings == ["ghost_batch_size=32, lr=8", "ghost_batch_size=128, lr=4", "ghost_batch_size=128, lr=8",
+                        "ghost_batch_size=128, lr=16", "ghost_batch_size=0 (whole micro-batch of 512), lr=8"]
+    trials = plot_results.read_all([str(tmp_path / "logs" / "grid")])
+    figures = plot_results.build_figures(trials)
+    (ax,) = [a for a in figures["setting_ghost_batch_size"].axes if a.get_visible()]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["32", "128", "512\n(whole)"]
+    for fig in figures.values():
+        plot_results.plt.close(fig)
+
+
+def test_experiments_are_named_by_their_configs_name(tmp_path):
+    (tmp_path / "grid.yaml").write_text('- name: "3: tuned LARS"\n  lr: [1.0, 2.0]\n- lr: 4.0\n')
+    params = {"arch": "AirbenchNet", "optimizer": "LARS", "lr": 1.0, "batch_size": 64, "epochs": 1, "seed": 1,
+              "recipe_keys": ["arch", "optimizer", "lr", "batch_size", "epochs", "seed"], "trial_id": "n1",
+              "finished": True, "invocation": f"train.py --config {tmp_path / 'grid.yaml'} --epochs 1 exp"}
+    write_trial(str(tmp_path / "logs"), "exp", "n1", params,
+                [{"kind": "epoch", "iteration": 10, "epoch": 1, "train_loss": 1.0, "test_top1": 50.0}])
+    (trial,) = plot_results.read_all([str(tmp_path / "logs" / "exp")])
+    assert trial["name"] == "3: tuned LARS"
+    points = plot_results.group_points([plot_results.summarize(trial)])
+    assert plot_results.recipe_label("exp", points) == "3: tuned LARS (LARS)"
+    import sweep
+    assert sweep.load_config(str(tmp_path / "grid.yaml")) == [{"lr": [1.0, 2.0]}, {"lr": [4.0]}]
+    (tmp_path / "bad.yaml").write_text("name: 3\nlr: 1.0\n")
+    with pytest.raises(sweep.ConfigError, match="name: expected a readable name"):
+        sweep.load_config(str(tmp_path / "bad.yaml"))
