@@ -216,11 +216,17 @@ def _git(*args):
     return done.stdout if done.returncode == 0 else None
 
 
+# Committed outputs, not code: a study that commits its results as it goes changes them under running trials.
+OUTPUT_FOLDERS = ("results", "images")
+
+
 def code_version():
-    """{"git_hash": the checkout's commit, "git_dirty": whether tracked files differ from it} ("unknown" and
-    None outside a git checkout). Untracked files (logs, data) do not make a checkout dirty."""
+    """{"git_hash": the checkout's commit, "git_dirty": whether tracked files other than the committed outputs
+    (OUTPUT_FOLDERS) differ from it} ("unknown" and None outside a git checkout). Untracked files (logs, data)
+    do not make a checkout dirty."""
     commit = _git("rev-parse", "HEAD")
-    changes = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    changes = _git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                   *(f":(exclude){folder}" for folder in OUTPUT_FOLDERS)) if commit else None
     return {"git_hash": commit.strip() if commit else "unknown",
             "git_dirty": None if changes is None else bool(changes.strip())}
 

@@ -2,6 +2,7 @@
 about the code and machine that ran it."""
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -173,9 +174,31 @@ def test_every_trial_records_threads_torch_and_commit(tiny_cifar10, tmp_path):
     if head.returncode != 0:  # not a git checkout (an unpacked archive)
         assert params["git_hash"] == "unknown" and params["git_dirty"] is None
         return
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                            capture_output=True, text=True).stdout
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                             ":(exclude)results", ":(exclude)images"], cwd=ROOT, capture_output=True, text=True).stdout
     assert params["git_hash"] == head.stdout.strip() and params["git_dirty"] is bool(status.strip())
+
+
+def test_changed_outputs_do_not_make_the_code_dirty(tmp_path):
+    """A study commits its results while its trials run: a changed file under results/ is not changed code."""
+    import shutil
+    repo = tmp_path / "repo"
+    (repo / "results").mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "store.py"), repo / "store.py")
+    (repo / "results" / "r.json").write_text("{}\n")
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=repo,  # noqa
+                                    capture_output=True, text=True, check=True)
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "x")
+    version = lambda: subprocess.run([sys.executable, "-c", "import store; print(store.code_version())"],  # noqa
+                                     cwd=repo, capture_output=True, text=True, check=True).stdout
+    assert "'git_dirty': False" in version()
+    (repo / "results" / "r.json").write_text('{"a": 1}\n')
+    assert "'git_dirty': False" in version()
+    with open(repo / "store.py", "a") as f:
+        f.write("\n# changed\n")
+    assert "'git_dirty': True" in version()
 
 
 def test_code_version_outside_a_checkout_is_unknown(monkeypatch):
