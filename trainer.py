@@ -326,8 +326,6 @@ def broadcast_from_master(value, world_size):
 def prepare(recipe, runtime):
     """Check everything that can be checked before the data is loaded; returns the resolved recipe."""
     config.check(recipe, runtime, world_size=int(os.environ.get("WORLD_SIZE", 1)))  # torchrun's, before joining
-    if runtime.log_trust_ratios and not hasattr(LARS, "trust_ratio_stats"):
-        raise config.UsageError("--log_trust_ratios: this lars.py has no LARS.trust_ratio_stats()")
     if runtime.cuda and not torch.cuda.is_available():
         raise config.UsageError("--cuda: CUDA is not available on this machine (drop --cuda to train on the CPU)")
     store.check_destination(runtime.logroot, runtime.experimentname)

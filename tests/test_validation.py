@@ -119,8 +119,6 @@ def test_killed_mid_epoch_after_evaluations_then_resumed_gives_the_same_rows(tin
 def test_the_loop_reads_the_device_only_at_log_and_eval_points(tiny_cifar10, tmp_path, monkeypatch):
     """As test_train's sync count, with validation every 2 steps: one read per evaluation, nothing else; the
     noise scale is read with the loss."""
-    import lars
-    monkeypatch.setattr(lars, "_CPU_FUSED_UPDATE", False)  # a CPU-only route that reads host floats
     root, _ = tiny_cifar10
     reads = []
     for name in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__"):
