@@ -17,17 +17,19 @@ class Stopped(KeyboardInterrupt):
 @contextlib.contextmanager
 def stop_on_signals():
     """SIGINT and SIGTERM raise Stopped (SIGTERM would otherwise end the process at once: no message, the
-    trial's parameter file left as it was). After the first, both are ignored until the block ends, so that
+    trial's parameter file left as it was). After the first, both do nothing until the block ends, so that
     closing the trial is not cut short. Outside the main thread (where Python runs handlers) it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stopped = []
 
     def stop(signum, frame):
-        for s in previous:
-            signal.signal(s, signal.SIG_IGN)
-        raise Stopped(signum)
+        # (not SIG_IGN: Python complains of a race when a second signal is already pending as the first is handled)
+        if not stopped:
+            stopped.append(signum)
+            raise Stopped(signum)
 
     for s in previous:
         signal.signal(s, stop)

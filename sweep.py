@@ -312,7 +312,7 @@ def _run_parallel(jobs, workers):
             for i, job in jobs.items():
                 futures[i] = threads.submit(run_in_own_process, job)
             return {i: future.result() for i, future in futures.items()}
-        except interrupts.Stopped as stop:  # further signals are ignored now (interrupts.stop_on_signals)
+        except interrupts.Stopped as stop:  # further signals do nothing now (interrupts.stop_on_signals)
             with guard:
                 stopping.set()
                 for process in running:

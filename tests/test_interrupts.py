@@ -70,8 +70,11 @@ def test_ctrl_c_in_a_terminal_stops_the_trial_with_one_line(tiny_cifar10, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pthread_sigmask and prctl are Linux's")
-def test_sigterm_to_a_parallel_sweep_stops_its_workers_cleanly(tiny_cifar10, tmp_path):
-    """SIGTERM reaches the sweep's process only: it passes it on to the trials' processes and waits for them."""
+@pytest.mark.parametrize("name, to_group", [("SIGTERM", False), ("SIGINT", True)], ids=["sigterm", "ctrl-c"])
+def test_a_parallel_sweep_stops_its_workers_cleanly(name, to_group, tiny_cifar10, tmp_path):
+    """SIGTERM (`kill`) reaches the sweep's process only: it passes it on to the trials' processes and waits for
+    them. Ctrl-C reaches them all at once."""
+    signum = getattr(signal, name)
     root, _ = tiny_cifar10
     grid = tmp_path / "grid.yaml"
     grid.write_text("seed: [1, 2]\n")
@@ -79,11 +82,14 @@ def test_sigterm_to_a_parallel_sweep_stops_its_workers_cleanly(tiny_cifar10, tmp
     argv = ["sweep", "--config", str(grid), "--trials_per_gpu", "2", *tiny_flags(root, logroot, *QUICK, epochs=100)]
     process = _start_and_wait(argv, logroot, "sweep", trials=2)
     workers = _children(process.pid)
-    os.kill(process.pid, signal.SIGTERM)
+    if to_group:
+        os.killpg(process.pid, signum)
+    else:
+        os.kill(process.pid, signum)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 143, err
+    assert process.returncode == 128 + signum, err
     trials = store.list_trials(logroot, "sweep")
-    assert len(trials) == 2 and err.count("\n") == 1 and err.startswith("train.py: stopped by SIGTERM: sweep stopped: ")
+    assert len(trials) == 2 and err.count("\n") == 1 and err.startswith(f"train.py: stopped by {name}: sweep stopped: ")
     assert err.endswith(f"run the same command to continue the sweep: python train.py {' '.join(argv)}\n")
     for trial in trials:
         saved = store.load_checkpoint(store.checkpoint_path(logroot, "sweep", trial["trial_id"]))["epoch"]
