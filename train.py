@@ -26,7 +26,8 @@ def main(argv=None):
             _run(parser, args, argv)
     except KeyboardInterrupt as e:  # interrupts.Stopped, or a KeyboardInterrupt raised without its handler
         signum = getattr(e, "signum", signal.SIGINT)
-        where = getattr(e, "where", "") or "before any trial started; nothing written"
+        where = getattr(e, "where", "") or ("the sweep, outside its trials; finished trials are kept" if args.config
+                                            else "before the trial started; nothing written")
         command = shlex.join(["python", "train.py", *argv])
         if args.config:
             again = f"run the same command to continue the sweep: {command}"

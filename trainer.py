@@ -458,6 +458,9 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
                 if _save_checkpoints(trial, parts, recipe, runtime, epoch + 1, last_epoch, global_step, best_top1,
                                      improved):
                     saved_epoch = epoch + 1
+        finished = last_epoch == recipe.epochs
+        if master:
+            trial.close(finished)
     except BaseException as e:
         stopped = isinstance(e, KeyboardInterrupt)
         no_memory = isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and _is_out_of_memory(e))
@@ -477,9 +480,7 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
                                      f"{epoch + 1}/{recipe.epochs} (after step {global_step}); {kept}",
                                      kept=not discard) from None
         raise
-    finished = last_epoch == recipe.epochs
     if master:
-        trial.close(finished)
         print(("finished" if finished else f"stopped after epoch {last_epoch} as asked; continue with --resume")
               + f": results in {trial.dir}", flush=True)
     return {"trial_id": trial.trial_id if master else resume_id, "finished": finished, "best_top1": best_top1}
