@@ -85,7 +85,7 @@ def _typed(path, key, value):
 
 
 class _DuplicateKey(yaml.YAMLError):
-    pass
+    """A key given twice in one mapping of a config."""
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -287,11 +287,11 @@ def _run_parallel(jobs, workers):
         # a worker starts with both signals blocked (the mask is inherited): one that comes while it imports
         # torch waits until its handlers are in place, rather than end it with a traceback
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        receive, send = context.Pipe(duplex=False)
-        process = context.Process(target=_worker, args=(send, job, os.getpid(), cpu_threads))
         with guard:
             if stopping.is_set():
                 return {"trial_id": job[2], "finished": False, "stopped": _NOT_STARTED}
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=_worker, args=(send, job, os.getpid(), cpu_threads))
             process.start()
             running.add(process)
         send.close()
