@@ -13,6 +13,7 @@ import dataclasses
 import math
 import sys
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 
 SCHEDULES = ("poly", "cosine", "step", "geometric")
@@ -21,6 +22,9 @@ DATASETS = ("cifar10", "cifar100")
 MALLOC_MODES = ("reuse", "system")  # --malloc, see host_memory.py
 # numpy's seed range (the seed also seeds numpy).
 MAX_SEED = 2**32 - 1
+# 16x the standard ResNet18's 64 channels (2.9e9 parameters: ~34 GB of weights, gradients and momentum):
+# a typo (--width 100000) is an error, not an attempt to allocate terabytes.
+MAX_WIDTH = 1024
 
 
 class UsageError(Exception):
@@ -47,7 +51,8 @@ class Recipe:
     # network and data
     arch: str = _opt("ResNet18", "network: a name in models.ARCHS (ResNet18/34/50, the CIFAR proxies)",
                      choices="archs")
-    width: int = _opt(64, "channels of the first stage (64: the standard ResNet18)", low=1)
+    width: int = _opt(64, "channels of the first stage (64: the standard ResNet18; memory grows as its square)",
+                      low=1, high=MAX_WIDTH)
     dataset: str = _opt("cifar10", "dataset", choices=DATASETS)
     train_subset: int = _opt(0, "train on a class-balanced subset of N images (0: all)", low=0)
     test_subset: int = _opt(0, "evaluate on the first N test images (0: all 10,000); marked in the results", low=0)
@@ -294,6 +299,8 @@ def check(recipe, runtime=None, world_size=1):
             raise UsageError(f"--log_trust_ratios: needs --optimizer LARS (got {r.optimizer}: no trust ratios)")
         if runtime.noise_scale and r.amp == "fp16":
             raise UsageError("--noise_scale: not with --amp fp16 (its gradients are loss-scaled)")
+        if runtime.stop_after_epoch > r.epochs:
+            raise UsageError(f"--stop_after_epoch: {runtime.stop_after_epoch} is past --epochs {r.epochs}")
 
 
 
@@ -312,10 +319,20 @@ def check_command(runtime):
 
 
 def check_experimentname(name):
-    """The experiment name becomes the folder LOGROOT/NAME: one plain folder name, nothing that climbs out."""
+    """The experiment name becomes the folder LOGROOT/NAME: one plain folder name, nothing that climbs out,
+    printable (a newline in a folder name breaks every listing) and UTF-8 (the parameter file and the
+    messages are text)."""
     if not name or name in (".", "..") or "/" in name or "\0" in name:
         raise UsageError(f"experimentname: expected a single folder name (not empty, not '.' or '..', no '/'), "
                          f"got {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 reach Python as lone surrogates
+        shown = name.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+        raise UsageError(f"experimentname: expected a UTF-8 folder name, got the bytes '{shown}'") from None
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        raise UsageError(f"experimentname: expected a folder name without control characters (newline, tab, "
+                         f"escape...), got {name!r}")
     if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         raise UsageError(f"experimentname: expected a folder name of at most {MAX_NAME_BYTES} bytes, got one of "
                          f"{len(name.encode('utf-8', 'surrogateescape'))} bytes")
@@ -486,6 +503,24 @@ class _Parser(argparse.ArgumentParser):
                 joined.append(args[i])
                 i += 1
         return super().parse_known_args(joined, namespace)
+
+    def parse_args(self, args=None, namespace=None):
+        """A list flag given several values separated by spaces (`--lr_milestones 3 5`) is named as such, not
+        reported as "unrecognized arguments: 5 EXPERIMENTNAME"."""
+        args = list(sys.argv[1:] if args is None else args)
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            lists = {f"--{name}" for name in _FIELDS if field_kind(name)[1]}
+            for i, arg in enumerate(args[:-2]):
+                if arg in lists and _looks_numeric(args[i + 2]):
+                    self.error(f"{arg}: takes one comma-separated value ({arg} {args[i + 1]},{args[i + 2]}), got "
+                               f"{args[i + 1]!r} then {args[i + 2]!r}")
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
+def _looks_numeric(text):
+    return bool(text) and all(c.isdigit() or c in ".,-+e" for c in text) and any(c.isdigit() for c in text)
 
 
 def _parser_type(name):

@@ -15,6 +15,7 @@ folder refuses a second writer. Values are plain Python numbers: track's JSON en
 track and skeletor are imported only where results are read (skeletor takes ~20 s to import: it pulls in
 ray and torchvision), so starting or resuming a trial does not pay for them.
 """
+import contextlib
 import datetime
 import errno
 import fcntl
@@ -74,6 +75,20 @@ def check_destination(logroot, experimentname):
         if os.path.isdir(folder):
             _check_writable(folder, logroot)
             break
+    _check_inside(logroot, name)
+
+
+def _check_inside(logroot, experimentname):
+    """The experiment folder and its trials folder, where they exist, resolve to folders under --logroot: a
+    link that leads out of it would send every file of the experiment elsewhere."""
+    root = os.path.realpath(logroot)
+    experiment = experiment_dir(logroot, experimentname)
+    for folder in (experiment, os.path.join(experiment, METADATA_FOLDER)):
+        if os.path.lexists(folder):
+            target = os.path.realpath(folder)
+            if os.path.commonpath([root, target]) != root:
+                raise StoreError(f"{folder}: leads to {target}, outside --logroot {logroot} (a symbolic link); "
+                                 f"give that folder's parent as --logroot, or remove the link")
 
 
 def _check_writable(folder, logroot):
@@ -107,7 +122,7 @@ def ray_dir(logroot, experimentname):
 
 def result_rows(logroot, experimentname, trial_id):
     """A trial's result rows as written, without skeletor (a last line cut short by a crash is dropped)."""
-    return _read_rows(_results_path(logroot, experimentname, trial_id), drop_cut_last_line=True)
+    return _read_rows(_results_path(logroot, experimentname, trial_id), drop_cut_last_line=True, trial_id=trial_id)
 
 
 def checkpoint_path(logroot, experimentname, trial_id, name="last.pt"):
@@ -120,13 +135,37 @@ def _io_error(path, e):
     return StoreError(f"{path}: cannot write ({e.strerror or e})")
 
 
+class _RecordingFile:
+    """A file whose last failed write is kept: torch.save turns an OSError of the file's write (a full disk)
+    into a RuntimeError ("unexpected pos ...") that no longer says why."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self._f.flush()
+
+
 def write_atomically(path, write):
     """`write(file_object)` into path.tmp, then rename over path: readers see the old file or the new one.
     On failure (a full disk) the temporary file is removed and a StoreError names `path`."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
-            write(f)
+            recording = _RecordingFile(f)
+            try:
+                write(recording)
+            except Exception:
+                if recording.error is not None:
+                    raise recording.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -238,13 +277,15 @@ class Trial:
     checkpoints with `save_checkpoint`, and `close(finished)` writes the final parameter file.
     """
 
-    def __init__(self, logroot, experimentname, trial_id, params, lock_file, results_file):
+    def __init__(self, logroot, experimentname, trial_id, params, lock_file, results_file, created=()):
         self.logroot, self.experimentname, self.trial_id = logroot, experimentname, trial_id
         self.params = params
         self.dir = trial_dir(logroot, experimentname, trial_id)
         self._lock_file = lock_file
         self._results = results_file
         self._results_path = _results_path(logroot, experimentname, trial_id)
+        self._created = list(created)  # the folders open_trial made for it, outermost first
+        self.saved = {}  # {checkpoint name: epoch} of the checkpoints this process wrote
 
     def log(self, **row):
         """Append one result row (`iteration` is the global optimizer step) and flush it to disk."""
@@ -256,34 +297,52 @@ class Trial:
             raise _io_error(self._results_path, e) from None
 
     def save_checkpoint(self, state, name="last.pt", same_as=None):
-        """Write `state` atomically as `name`; `same_as` names a checkpoint just written with this state, which
-        is hard-linked instead (a later write of it replaces its file, so the link keeps these bytes)."""
+        """Write `state` (a dict with its "epoch") atomically as `name`; `same_as` names a checkpoint just
+        written with this state, which is hard-linked instead (a later write of it replaces its file, so the
+        link keeps these bytes)."""
         path = os.path.join(self.dir, name)
         if same_as is not None:
             try:
                 os.link(os.path.join(self.dir, same_as), path + ".tmp")
                 os.replace(path + ".tmp", path)
+                self.saved[name] = state["epoch"]
                 return
             except OSError:  # no hard links here (or a full disk): write it out
                 _remove_quietly(path + ".tmp")
         import torch
         write_atomically(path, lambda f: torch.save(state, f))
+        self.saved[name] = state["epoch"]
 
     def discard_checkpoint_after(self, epoch, name="best.pt"):
-        """Remove checkpoint `name` if it holds a later epoch than `epoch`: a trial resumed from an older
-        last.pt (--checkpoint_every > 1) drops the rows after it, and must not keep a best.pt from them."""
+        """Remove checkpoint `name` unless it is a readable one of epoch `epoch` or before (a trial resumed from
+        an older last.pt, --checkpoint_every > 1, drops the rows after it, and must not keep a best.pt from
+        them). Returns why it is not there now ("missing", "damaged", "of a later epoch"), None if kept."""
         path = os.path.join(self.dir, name)
         if not os.path.exists(path):
-            return
+            return "missing" if epoch > 0 else None
         try:
-            stale = load_checkpoint(path)["epoch"] > epoch
-        except CheckpointError:  # cut short by a kill while it was written: no better than a stale one
-            stale = True
-        if stale:
+            reason = "of a later epoch" if load_checkpoint(path)["epoch"] > epoch else None
+        except CheckpointError:  # cut short by a kill while it was written, or damaged by hand
+            reason = "damaged"
+        if reason:
             try:
                 os.remove(path)
             except OSError as e:
                 raise _io_error(path, e) from None
+        return reason
+
+    def discard(self):
+        """Close and remove a trial this process created that holds nothing worth keeping (stopped before its
+        first checkpoint): its files, and the folders made for it."""
+        try:
+            with contextlib.suppress(OSError):
+                self._results.close()
+            for path in (self._results_path, _params_path(self.logroot, self.experimentname, self.trial_id),
+                         os.path.join(self.dir, LOCK_NAME)):
+                _remove_quietly(path)
+            _undo(self._created)
+        finally:
+            self._lock_file.close()
 
     def close(self, finished):
         """Write the final parameter file (`finished` marks a run that completed all its epochs), unlock."""
@@ -364,7 +423,7 @@ def open_trial(logroot, experimentname, params, resume_id=None, keep_until_step=
             old = _params_path(logroot, experimentname, trial_id)
             params["start_time"] = _read_params(old).get("start_time", params["start_time"]) if os.path.exists(
                 old) else params["start_time"]
-            kept = [row for row in _read_rows(results_path, drop_cut_last_line=True)
+            kept = [row for row in _read_rows(results_path, drop_cut_last_line=True, trial_id=trial_id)
                     if (row.get("iteration") or 0) <= keep_until_step]
             write_atomically(results_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
         _write_json(_params_path(logroot, experimentname, trial_id), params)
@@ -379,7 +438,7 @@ def open_trial(logroot, experimentname, params, resume_id=None, keep_until_step=
         if isinstance(e, OSError):
             raise _io_error(results_path, e) from None
         raise
-    return Trial(logroot, experimentname, trial_id, params, lock_file, results_file)
+    return Trial(logroot, experimentname, trial_id, params, lock_file, results_file, created)
 
 
 def _undo(created):
@@ -390,25 +449,60 @@ def _undo(created):
             pass
 
 
-def _read_rows(path, drop_cut_last_line=False):
-    """The JSON rows of a result file; a bad line is a StoreError naming it, except a last line cut short by
-    a crash when `drop_cut_last_line` (a resumed trial rewrites its file without it)."""
+def _read_rows(path, drop_cut_last_line=False, trial_id=None):
+    """The JSON rows of a result file; a bad line is a StoreError naming it. A last line cut short by a crash
+    (no newline after it: rows are written whole, newline last) is dropped when `drop_cut_last_line` (a resumed
+    trial rewrites its file without it). With `trial_id`, each row must be one the kit wrote for that trial
+    (`_check_row`): a line edited by hand is refused, never dropped or kept silently."""
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        lines = [line for line in f.read().split("\n") if line.strip()]
-    rows = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as e:
+        raise StoreError(f"{path}: cannot read ({e.strerror or e})") from None
+    lines = text.split("\n")
+    rows, seen = [], {}
     for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
         except ValueError:
-            if drop_cut_last_line and number == len(lines):
+            if drop_cut_last_line and number == len(lines) and line.lstrip().startswith("{"):
                 break
             raise StoreError(f"{path}: line {number} is not valid JSON: the file is damaged or cut short") from None
         if not isinstance(row, dict):
             raise StoreError(f"{path}: line {number} is not a JSON object")
+        if trial_id is not None:
+            _check_row(path, number, row, trial_id, seen)
         rows.append(row)
     return rows
+
+
+def _check_row(path, number, row, trial_id, seen):
+    """A StoreError naming the line unless `row` is one the kit could have written for the trial after the
+    rows before it (`seen` carries what they were): the trial's id, an iteration that never goes back, one
+    row per step and one per epoch, epochs in order."""
+    def refuse(problem):
+        raise StoreError(f"{path}: line {number} {problem}: not a row this trial wrote (edited by hand?); "
+                         f"restore the file, or move the trial out of the experiment")
+    if row.get("trial_id") != trial_id:
+        refuse(f"belongs to trial {row.get('trial_id')!r}, not {trial_id}")
+    iteration = row.get("iteration")
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+        refuse(f"has iteration {iteration!r}, not a step number")
+    if "iteration" in seen and iteration < seen["iteration"][0]:
+        refuse(f"has iteration {iteration}, before the {seen['iteration'][0]} of line {seen['iteration'][1]}")
+    seen["iteration"] = (iteration, number)
+    kind = row.get("kind")
+    if kind in ("step", "epoch"):
+        value = iteration if kind == "step" else row.get("epoch")
+        if isinstance(value, bool) or not isinstance(value, int):
+            refuse(f"is a {kind} row with {kind} {value!r}")
+        if kind in seen and value <= seen[kind][0]:
+            refuse(f"repeats or goes back to {kind} {value} (line {seen[kind][1]} has {kind} {seen[kind][0]})")
+        seen[kind] = (value, number)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -449,7 +543,8 @@ def read_experiment(experiment_folder):
     if not params_list:
         raise StoreError(f"{experiment_folder}: no trials here (no {METADATA_FOLDER}/*_{PARAMS_SUFFIX}); "
                          f"give an experiment folder LOGROOT/EXPERIMENT")
-    direct = {p["trial_id"]: _read_rows(os.path.join(folder, f"{p['trial_id']}_{RESULT_SUFFIX}"))
+    direct = {p["trial_id"]: _read_rows(os.path.join(folder, f"{p['trial_id']}_{RESULT_SUFFIX}"),
+                                        trial_id=p["trial_id"])
               for p in params_list}
     rows_by_id = dict(direct)
     if all(direct.values()):

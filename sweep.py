@@ -23,6 +23,7 @@ GPU idle) with 1/N of the CPU threads (unless OMP_NUM_THREADS is set). `--ray` r
 the logroot at the same absolute paths), `--ray local` starts a private Ray instance for the sweep's duration.
 """
 import concurrent.futures
+import contextlib
 import ctypes
 import dataclasses
 import itertools
@@ -30,6 +31,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 
 import torch
@@ -37,16 +39,19 @@ import yaml
 
 import config
 import data
+import interrupts
 import store
 import trainer
 
 PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
 # Errors a trial reports as one line; matched by name when they come back from another process.
 TRIAL_ERRORS = {cls.__name__: cls for cls in (config.UsageError, store.StoreError, store.CheckpointError,
-                                             trainer.Diverged, data.DataError)}
+                                             trainer.Diverged, trainer.OutOfMemory, data.DataError)}
 
 
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent dies
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_NOT_STARTED = "stopped before its first step; nothing written"
 
 
 class ConfigError(config.UsageError):
@@ -79,14 +84,41 @@ def _typed(path, key, value):
         raise ConfigError(f"{path}: {key}: {str(e).split(': ', 1)[1]}") from None
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A key given twice in one mapping of a config."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML keeps the last one
+    silently). Keys that a merge (`<<: *base`) brings in may be overridden: that is what merging is for."""
+
+    def construct_mapping(self, node, deep=False):
+        lines = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in lines:
+                    raise _DuplicateKey(f"{key}: given twice, on lines {lines[key]} and {line} (YAML would keep "
+                                        f"the second silently); give it once")
+                lines[key] = line
+            except TypeError:  # an unhashable key: the base loader says so
+                break
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path):
     """The config as a list of grids, each {name: [values]} (one value for a fixed key, several for an axis),
     checked."""
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, Loader=_UniqueKeyLoader)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from None
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     grids = raw if isinstance(raw, list) else [raw]
@@ -209,6 +241,9 @@ def run(config_path, recipe, runtime, given):
                   flush=True)
             try:
                 results[i] = _run_one(*job)
+            except interrupts.Stopped as e:
+                raise interrupts.Stopped(e.signum, f"sweep {config_path} [{i + 1}/{len(entries)}] {label}: "
+                                                   f"{e.where or _NOT_STARTED}", e.kept) from None
             except Exception as e:  # not one of the trial errors (a bug, a torch error): the others still run
                 results[i] = _failure(job, e)
     failures = []
@@ -237,23 +272,72 @@ def _report(entries, summaries):
 def _run_parallel(jobs, workers):
     """Up to `workers` trials at once on the same device, each in a fresh process of its own (spawned: CUDA
     cannot be forked), so that a worker that dies (out of memory, killed) fails its own trial only. The data
-    is fetched here first, so that the workers do not download it side by side."""
+    is fetched here first, so that the workers do not download it side by side.
+
+    Ctrl-C reaches every process of the terminal's group, SIGTERM this one only: either way this process
+    stops starting trials, sends SIGTERM to the running ones (each closes its trial, checkpoint kept) and
+    waits for them, then raises Stopped naming each."""
     for dataroot, dataset in {(rt["dataroot"], r["dataset"]) for r, rt, _ in jobs.values()}:
         data.load_cifar(dataroot, dataset)
     context = multiprocessing.get_context("spawn")
     cpu_threads = _threads_per_trial(workers)
+    running, guard, stopping = set(), threading.Lock(), threading.Event()
 
     def run_in_own_process(job):
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_start_worker,
-                                                    initargs=(os.getpid(), cpu_threads)) as process:
-            try:
-                return process.submit(_run_one, *job).result()
-            except Exception as e:
-                return _failure(job, e)
+        # a worker starts with both signals blocked (the mask is inherited): one that comes while it imports
+        # torch waits until its handlers are in place, rather than end it with a traceback
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        with guard:
+            if stopping.is_set():
+                return {"trial_id": job[2], "finished": False, "stopped": _NOT_STARTED}
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=_worker, args=(send, job, os.getpid(), cpu_threads))
+            process.start()
+            running.add(process)
+        send.close()
+        try:
+            result = receive.recv()
+        except EOFError:  # the process died without a word (killed, out of memory)
+            process.join()
+            result = _failure(job, RuntimeError(f"the trial's process ended with exit code {process.exitcode} "
+                                                f"before reporting"))
+        process.join()
+        with guard:
+            running.discard(process)
+        return result
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as threads:
-        futures = {i: threads.submit(run_in_own_process, job) for i, job in jobs.items()}
-        return {i: future.result() for i, future in futures.items()}
+        futures = {}
+        try:
+            for i, job in jobs.items():
+                futures[i] = threads.submit(run_in_own_process, job)
+            return {i: future.result() for i, future in futures.items()}
+        except interrupts.Stopped as stop:  # further signals do nothing now (interrupts.stop_on_signals)
+            with guard:
+                stopping.set()
+                for process in running:
+                    with contextlib.suppress(OSError):
+                        os.kill(process.pid, signal.SIGTERM)
+            results = [future.result() for future in futures.values()]
+            where = "; ".join(r["stopped"] for r in results if r.get("stopped") and r["stopped"] != _NOT_STARTED)
+            raise interrupts.Stopped(stop.signum, "sweep stopped: " + (where or "no trial had started"),
+                                     kept=True) from None
+
+
+def _worker(send, job, parent_pid, threads):
+    """A trial's process (see _run_parallel): its set-up, the trial, and its result (or where it stopped) sent
+    back to the sweep."""
+    with interrupts.stop_on_signals():
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            _start_worker(parent_pid, threads)
+            result = _run_one(*job)
+        except interrupts.Stopped as e:
+            result = {"trial_id": job[2], "finished": False, "stopped": e.where or _NOT_STARTED}
+        except Exception as e:
+            result = _failure(job, e)
+        with contextlib.suppress(OSError):  # the sweep's process is gone
+            send.send(result)
 
 
 def _threads_per_trial(workers):

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from tqdm import tqdm
 import config
 import data
 import host_memory
+import interrupts
 import models
 import schedulers
 import store
@@ -37,6 +39,10 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class Diverged(Exception):
     """The training loss became NaN or infinite."""
+
+
+class OutOfMemory(Exception):
+    """The model or a step did not fit in memory; names the flags that size it."""
 
 
 # ---------------------------------------------------------------- building
@@ -360,7 +366,12 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
         return {"trial_id": resume_id, "finished": True}
     torch.backends.cudnn.benchmark = runtime.cuda  # fixed shapes: let cuDNN pick its fastest kernels once
     train_batches, val_batches, test_batches, plan = _batches(recipe, runtime, rank, world_size, device)
-    parts = build(recipe, plan, device, world_size, runtime.compile, runtime.noise_scale)
+    try:
+        parts = build(recipe, plan, device, world_size, runtime.compile, runtime.noise_scale)
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if isinstance(e, torch.OutOfMemoryError) or _is_out_of_memory(e):
+            raise out_of_memory(recipe, plan, "building the model") from None
+        raise
     if runtime.noise_scale and world_size == 1 and plan.micro_batches_per_step < 2 and master:
         print(f"--noise_scale: one micro-batch per step on one rank (batch {recipe.batch_size}, "
               f"--max_samples_per_gpu {recipe.max_samples_per_gpu}): no two batch sizes to compare, so the noise "
@@ -368,9 +379,12 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
     start_epoch, global_step, best_top1 = 0, 0, -1.0
     if checkpoint is not None:
         start_epoch, global_step, best_top1 = restore(parts, recipe, checkpoint, checkpoint_file)
-    trial = _open_trial(recipe, runtime, plan, resume_id, start_epoch, global_step, device) if master else None
+    trial, best_saved = _open_trial(recipe, runtime, plan, resume_id, start_epoch, global_step, device,
+                                    best_top1) if master else (None, best_top1)
     last_epoch = min(recipe.epochs, runtime.stop_after_epoch or recipe.epochs)
     show_progress = master and sys.stderr.isatty()
+    saved_epoch, epoch = start_epoch, start_epoch  # the epoch last.pt holds; the one being run
+    run_started, run_steps = time.perf_counter(), (last_epoch - start_epoch) * plan.steps_per_epoch
     try:
         for epoch in range(start_epoch, last_epoch):
             parts.net.train()
@@ -400,7 +414,7 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
                     noise_end = 2 + 2 * len(noise_values)
                     (loss_sum, correct), noise, trust = read[:2], read[2:noise_end], read[noise_end:]
                     loss, top1 = loss_sum / interval_samples, 100 * correct / interval_samples
-                    check_finite(loss, epoch, global_step, lr)
+                    check_finite(loss, epoch, global_step, lr, saved_epoch)
                     if master:
                         noise_row = parts.noise.row(noise, world_size) if parts.noise is not None else {}
                         trial.log(iteration=global_step, kind="step", epoch=epoch + 1, learning_rate=lr,
@@ -408,7 +422,9 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
                         if trust_names:
                             trial.log(iteration=global_step, kind="trust", epoch=epoch + 1,
                                       **trust_ratio_row(trust_names, trust, world_size))
-                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
+                        steps_done = (epoch - start_epoch) * plan.steps_per_epoch + step
+                        run_left = (time.perf_counter() - run_started) / steps_done * (run_steps - steps_done)
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", run_left=duration(run_left))
                     epoch_sums = [epoch_sums[0] + loss_sum, epoch_sums[1] + correct, epoch_sums[2] + interval_samples]
                     interval_sums.zero_()
                     interval_samples = 0
@@ -435,17 +451,36 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
                            epoch_seconds=time.perf_counter() - started, images_per_s=samples / train_seconds,
                            batch_size=recipe.batch_size)
                 trial.log(iteration=global_step, **row)
-                print_epoch(row, recipe.epochs)
-                _save_checkpoints(trial, parts, recipe, runtime, epoch + 1, last_epoch, global_step, best_top1,
-                                  improved=score == best_top1)
-    except BaseException:
+                run_left = (time.perf_counter() - run_started) / (epoch + 1 - start_epoch) * (last_epoch - epoch - 1)
+                print_epoch(row, recipe.epochs, run_left if epoch + 1 < last_epoch else None)
+                improved = score >= best_saved
+                best_saved = max(best_saved, score)
+                if _save_checkpoints(trial, parts, recipe, runtime, epoch + 1, last_epoch, global_step, best_top1,
+                                     improved):
+                    saved_epoch = epoch + 1
+        finished = last_epoch == recipe.epochs
+        if master:
+            trial.close(finished)
+    except BaseException as e:
+        stopped = isinstance(e, KeyboardInterrupt)
+        no_memory = isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and _is_out_of_memory(e))
+        saved_epoch = trial.saved.get("last.pt", saved_epoch) if master else saved_epoch  # also mid-save
+        # a new trial stopped by the user or by memory before any checkpoint holds nothing worth keeping
+        discard = (stopped or no_memory) and master and resume_id is None and not trial.saved
         if master:  # the error that stopped the run is the one to report, not a second one (a full disk)
             with contextlib.suppress(store.StoreError):
-                trial.close(False)
+                trial.discard() if discard else trial.close(False)
+        if no_memory:
+            raise out_of_memory(recipe, plan, f"in epoch {epoch + 1}") from None
+        if stopped:
+            trial_id = trial.trial_id if master else resume_id
+            kept = "no checkpoint yet: the trial is removed" if discard else (
+                f"last.pt holds epoch {saved_epoch}" if saved_epoch else "no checkpoint yet: it starts again")
+            raise interrupts.Stopped(getattr(e, "signum", signal.SIGINT), f"trial {trial_id} stopped in epoch "
+                                     f"{epoch + 1}/{recipe.epochs} (after step {global_step}); {kept}",
+                                     kept=not discard) from None
         raise
-    finished = last_epoch == recipe.epochs
     if master:
-        trial.close(finished)
         print(("finished" if finished else f"stopped after epoch {last_epoch} as asked; continue with --resume")
               + f": results in {trial.dir}", flush=True)
     return {"trial_id": trial.trial_id if master else resume_id, "finished": finished, "best_top1": best_top1}
@@ -504,49 +539,83 @@ def _batches(recipe, runtime, rank, world_size, device):
     return train_batches, val_batches, test_batches, plan
 
 
-def _open_trial(recipe, runtime, plan, resume_id, start_epoch, global_step, device):
-    """The trial's files, opened (and locked) for writing, with every value the run works with."""
+def _open_trial(recipe, runtime, plan, resume_id, start_epoch, global_step, device, best_top1):
+    """(the trial's files, opened and locked for writing with every value the run works with; the test top-1
+    its best.pt holds). A resumed trial whose best.pt is missing, damaged or of a later epoch than last.pt
+    loses it (the best epoch's weights are gone): best.pt then holds the best epoch from here on, and says so."""
     params = {**config.as_json(recipe), **config.as_json(plan), **config.as_json(runtime),
               "torch_threads": torch.get_num_threads(),  # CPU results depend on it (reduction order)
               "torch_version": torch.__version__,
               "recipe_keys": list(config.RECIPE_KEYS)}
     trial = store.open_trial(runtime.logroot, runtime.experimentname, params, resume_id, global_step)
+    best_saved = best_top1
     if resume_id is not None:
         try:
-            trial.discard_checkpoint_after(start_epoch, "best.pt")
+            lost = trial.discard_checkpoint_after(start_epoch, "best.pt")
         except BaseException:
             trial.close(False)
             raise
+        if lost:
+            best_saved = -1.0
+            print(f"best.pt of trial {trial.trial_id} was {lost}: it will hold the best epoch after epoch "
+                  f"{start_epoch} (the best test top-1 so far, {best_top1:.2f}%, is in the result rows)", flush=True)
     print(f"trial {trial.trial_id} in {trial.dir}: {recipe.optimizer} {recipe.arch}(width {recipe.width}) on "
           f"{recipe.dataset}, batch {recipe.batch_size} = {plan.world_size} rank(s) x "
           f"{plan.micro_batches_per_step} micro-batch(es) of {plan.micro_batch}, lr {recipe.lr} scaled to "
           f"{plan.scaled_lr:.6g} ({recipe.lr_scaling}), {plan.steps_per_epoch} steps/epoch, "
           f"{'resuming after epoch ' + str(start_epoch) if start_epoch else 'from scratch'}, device {device}",
           flush=True)
-    return trial
+    return trial, best_saved
 
 
-def print_epoch(row, epochs):
+def print_epoch(row, epochs, run_left=None):
+    """The epoch's line; `run_left`: the seconds the run's remaining epochs should take at this run's pace."""
     print(f"epoch {row['epoch']:>3}/{epochs}  last lr {row['learning_rate']:.4g}  train loss {row['train_loss']:.4f} "
           f"acc {row['train_top1']:.2f}%  "
           + (f"val loss {row['val_loss']:.4f} acc {row['val_top1']:.2f}%  " if "val_top1" in row else "")
           + f"test loss {row['test_loss']:.4f} acc {row['test_top1']:.2f}% (top-5 {row['test_top5']:.2f}%)  "
-          f"{row['epoch_seconds']:.1f}s  {row['images_per_s']:.0f} img/s", flush=True)
+          f"{row['epoch_seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
+          + ("" if run_left is None else f"  run ETA {duration(run_left)}"), flush=True)
+
+
+def duration(seconds):
+    """Seconds in words for a person: 45s, 12m05s, 3h07m."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _save_checkpoints(trial, parts, recipe, runtime, done, last_epoch, global_step, best_top1, improved):
-    """last.pt every --checkpoint_every epochs and at the run's last epoch; best.pt when test top-1 improved."""
+    """last.pt every --checkpoint_every epochs and at the run's last epoch; best.pt when test top-1 improved.
+    Returns whether last.pt was written."""
     last_due = done % runtime.checkpoint_every == 0 or done == last_epoch
     if not (last_due or improved):
-        return
+        return False
     state = checkpoint_state(parts, recipe, done, global_step, best_top1, done == recipe.epochs)
     if last_due:
         trial.save_checkpoint(state, "last.pt")
     if improved:  # the same bytes as last.pt when both are due: a link, not a second write
         trial.save_checkpoint(state, "best.pt", same_as="last.pt" if last_due else None)
+    return last_due
 
 
-def check_finite(loss, epoch, global_step, lr):
+def check_finite(loss, epoch, global_step, lr, saved_epoch):
+    """Diverged unless `loss` is finite; `saved_epoch`: the epoch last.pt holds (0: none yet)."""
     if not math.isfinite(loss):
+        kept = f"last.pt of epoch {saved_epoch} kept" if saved_epoch else "no checkpoint was written before it"
         raise Diverged(f"training loss is {loss} at epoch {epoch + 1}, by step {global_step} (lr {lr:.4g}); "
-                       f"stopped, last good checkpoint kept")
+                       f"stopped, {kept}")
+
+
+def _is_out_of_memory(error):
+    """A RuntimeError of the CPU allocator that ran out (CUDA's is torch.OutOfMemoryError)."""
+    return "can't allocate memory" in str(error) or "out of memory" in str(error).lower()
+
+
+def out_of_memory(recipe, plan, when):
+    return OutOfMemory(f"out of memory {when}: the memory grows with --width {recipe.width} (as its square) and "
+                       f"the micro-batch of {plan.micro_batch} samples (--max_samples_per_gpu "
+                       f"{recipe.max_samples_per_gpu}); lower one of them")

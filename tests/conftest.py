@@ -75,6 +75,17 @@ def run_expecting_error(argv, capsys, code=None):
     return err
 
 
+def run_expecting_stop(argv, capsys, code):
+    """train.main(argv) must stop (SIGINT 130, SIGTERM 143) with one `train.py: stopped by` line; returns it."""
+    import train
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train.py: stopped by ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
 def tree(path):
     """{relative path: (size, mtime)} of everything under path ({} when it does not exist)."""
     out = {}

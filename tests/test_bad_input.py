@@ -4,6 +4,7 @@ nothing created or changed under --logroot (or outside it)."""
 import errno
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import data
 import store
 import train
 import trainer
-from conftest import ROOT, epoch_rows, only_trial, result_rows, run_expecting_error, tiny_flags, tree
+from conftest import (ROOT, epoch_rows, only_trial, result_rows, run_expecting_error, run_expecting_stop, tiny_flags,
+                      tree)
 
 # the end-to-end runs here train on 100 images (2 steps per epoch) and evaluate 50: a CPU shared with others
 QUICK = ("--train_subset", "100", "--test_subset", "50", "--max_samples_per_gpu", "50")
@@ -333,7 +335,7 @@ def assert_same_as_straight(straight_run, logroot, name):
 
 
 @pytest.mark.slow
-def test_killed_during_evaluation_then_resumed_is_bit_identical(straight_run, tmp_path, monkeypatch):
+def test_killed_during_evaluation_then_resumed_is_bit_identical(straight_run, tmp_path, monkeypatch, capsys):
     root, _ = straight_run
     real = trainer.evaluate
     calls = []
@@ -345,19 +347,20 @@ def test_killed_during_evaluation_then_resumed_is_bit_identical(straight_run, tm
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "evaluate", evaluate)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(["killed", *quick_flags(root, tmp_path)])
+    err = run_expecting_stop(["killed", *quick_flags(root, tmp_path)], capsys, code=130)
     monkeypatch.setattr(trainer, "evaluate", real)
     trial_dir, trial = only_trial(tmp_path, "killed")
+    assert f"trial {trial['trial_id']} stopped in epoch 2/2 (after step 4); last.pt holds epoch 1" in err
     assert trial["finished"] is False
     assert torch.load(os.path.join(trial_dir, "last.pt"), weights_only=True)["epoch"] == 1
-    train.main(["killed", "--resume", *quick_flags(root, tmp_path)])
+    train.main(shlex.split(err.split("continue with: ")[1])[2:])  # the command it gives: python train.py ...
     assert only_trial(tmp_path, "killed")[1]["finished"] is True
     assert_same_as_straight(straight_run, tmp_path, "killed")
 
 
 @pytest.mark.slow
-def test_killed_during_the_checkpoint_write_then_resumed_is_bit_identical(straight_run, tmp_path, monkeypatch):
+def test_killed_during_the_checkpoint_write_then_resumed_is_bit_identical(straight_run, tmp_path, monkeypatch,
+                                                                          capsys):
     root, _ = straight_run
     real = os.replace
     renames = []
@@ -370,8 +373,8 @@ def test_killed_during_the_checkpoint_write_then_resumed_is_bit_identical(straig
         return real(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(["killed", *quick_flags(root, tmp_path)])
+    err = run_expecting_stop(["killed", *quick_flags(root, tmp_path)], capsys, code=130)
+    assert "stopped in epoch 2/2 (after step 4); last.pt holds epoch 1" in err
     monkeypatch.setattr(os, "replace", real)
     trial_dir, trial = only_trial(tmp_path, "killed")
     assert torch.load(os.path.join(trial_dir, "last.pt"), weights_only=True)["epoch"] == 1  # still valid
@@ -386,3 +389,331 @@ def test_killed_during_the_checkpoint_write_then_resumed_is_bit_identical(straig
     train.main(["killed", "--resume", *quick_flags(root, tmp_path)])
     assert tmp_files(tmp_path) == [] and only_trial(tmp_path, "killed")[1]["finished"] is True
     assert_same_as_straight(straight_run, tmp_path, "killed")
+
+
+# ---------------------------------------------------------------- Ctrl-C and SIGTERM (in this process)
+
+@pytest.mark.slow
+def test_sigterm_during_evaluation_says_where_and_how_to_continue(straight_run, tmp_path, monkeypatch, capsys):
+    """A real SIGTERM (handled in this process): exit 143, one line; the trial keeps its epoch-1 checkpoint and
+    the command it prints finishes it as an uninterrupted run would have."""
+    root, _ = straight_run
+    real = trainer.evaluate
+    calls = []
+
+    def evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", evaluate)
+    err = run_expecting_stop(["term", *quick_flags(root, tmp_path)], capsys, code=143)
+    monkeypatch.setattr(trainer, "evaluate", real)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are put back
+    trial_dir, trial = only_trial(tmp_path, "term")
+    assert err.startswith(f"train.py: stopped by SIGTERM: trial {trial['trial_id']} stopped in epoch 2/2 (after step "
+                          f"4); last.pt holds epoch 1; continue with: python train.py term ")
+    assert err.endswith(" --resume") and trial["finished"] is False and tmp_files(tmp_path) == []
+    assert torch.load(os.path.join(trial_dir, "last.pt"), weights_only=True)["epoch"] == 1
+    train.main(shlex.split(err.split("continue with: ")[1])[2:])
+    assert only_trial(tmp_path, "term")[1]["finished"] is True
+    assert_same_as_straight(straight_run, tmp_path, "term")
+
+
+def test_ctrl_c_before_the_first_checkpoint_leaves_nothing(tiny_cifar10, tmp_path, monkeypatch, capsys):
+    root, _ = tiny_cifar10
+    real = trainer.train_step
+    steps = []
+
+    def train_step(*args):
+        steps.append(1)
+        if len(steps) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(trainer, "train_step", train_step)
+    logroot = tmp_path / "logs"
+    err = run_expecting_stop(["early", *quick_flags(root, logroot)], capsys, code=130)
+    assert "stopped in epoch 1/2 (after step 1); no checkpoint yet: the trial is removed; start again with: " \
+           "python train.py early " in err and "--resume" not in err
+    assert not logroot.exists()  # no trial without a result, no empty folder
+
+
+# ---------------------------------------------------------------- a real full disk (a small tmpfs)
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size_kb) mounts a tmpfs of that size and returns its folder; skipped where mounting is not allowed."""
+    mounted = []
+
+    def mount(size_kb):
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)],
+                                  capture_output=True, text=True)
+        except OSError as e:
+            pytest.skip(f"no mount command ({e})")
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def test_a_checkpoint_that_fills_a_real_disk_is_one_store_error(small_disk):
+    disk = small_disk(64)
+    path = str(disk / "last.pt")
+    with pytest.raises(store.StoreError) as info:  # torch.save alone says "unexpected pos"
+        store.write_atomically(path, lambda f: torch.save({"w": torch.ones(100_000)}, f))
+    assert str(info.value) == f"{path}: cannot write (No space left on device)"
+    assert os.listdir(disk) == []
+    trial = store.open_trial(str(disk), "exp", {"lr": 0.1})
+    try:
+        with open(disk / "filler", "wb", buffering=0) as f:  # the rest of the disk
+            with pytest.raises(OSError):
+                while True:
+                    f.write(bytes(4096))
+        with pytest.raises(store.StoreError, match="_result.json: cannot write \\(No space left on device\\)"):
+            trial.log(iteration=1, kind="step", train_loss=1.0, padding="x" * 8192)
+    finally:
+        with pytest.raises(store.StoreError, match="No space left on device"):
+            trial.close(False)
+    assert tmp_files(disk) == []
+
+
+def test_a_run_that_fills_a_real_disk_keeps_its_last_checkpoint(tiny_cifar10, small_disk, capsys):
+    """A width-8 ResNet18 checkpoint is 1.5 MB: a 2.2 MB disk holds epoch 1's, not epoch 2's beside it."""
+    root, _ = tiny_cifar10
+    logroot = small_disk(2200) / "logs"
+    err = run_expecting_error(["full", *quick_flags(root, logroot)], capsys, code=1)
+    trial_dir, trial = only_trial(logroot, "full")
+    assert err == f"train.py: error: {os.path.join(trial_dir, 'last.pt')}: cannot write (No space left on device)"
+    assert torch.load(os.path.join(trial_dir, "last.pt"), weights_only=True)["epoch"] == 1
+    assert trial["finished"] is False and tmp_files(logroot) == []
+    assert [r["epoch"] for r in result_rows(logroot, "full", trial["trial_id"]) if r["kind"] == "epoch"] == [1, 2]
+
+
+# ---------------------------------------------------------------- names and folders that escape
+
+@pytest.mark.parametrize("name, words", [
+    ("a\nb", "without control characters (newline, tab, escape...), got 'a\\nb'"),
+    ("a\tb", "without control characters"),
+    ("red\x1b[31m", "without control characters"),
+    (b"caf\xe9".decode("utf-8", "surrogateescape"), "expected a UTF-8 folder name, got the bytes 'caf\\xe9'"),
+], ids=["newline", "tab", "escape", "latin-1"])
+def test_names_with_control_characters_or_not_utf8_are_refused(name, words, tmp_path, capsys, no_data_load):
+    logroot = tmp_path / "logs"
+    err = run_expecting_error([name, *tiny_flags(tmp_path / "data", logroot)], capsys, code=2)
+    assert err == f"train.py: error: experimentname: expected a folder name {words}" or words in err
+    assert not logroot.exists()
+
+
+@pytest.mark.parametrize("link", ["experiment", "trials"])
+def test_an_experiment_folder_linked_outside_the_logroot_is_refused(link, tmp_path, capsys, no_data_load):
+    logroot, outside = tmp_path / "logs", tmp_path / "elsewhere"
+    outside.mkdir()
+    logroot.mkdir()
+    if link == "experiment":
+        (logroot / "exp").symlink_to(outside)
+        where = logroot / "exp"
+    else:
+        (logroot / "exp").mkdir()
+        (logroot / "exp" / "trials").symlink_to(outside)
+        where = logroot / "exp" / "trials"
+    before = tree(tmp_path)
+    err = run_expecting_error(["exp", *tiny_flags(tmp_path / "data", logroot)], capsys, code=1)
+    assert err.startswith(f"train.py: error: {where}: leads to {outside}, outside --logroot {logroot}")
+    assert tree(tmp_path) == before
+    (logroot / "inside").mkdir()  # a link that stays inside is fine
+    (logroot / "alias").symlink_to(logroot / "inside")
+    store.check_destination(str(logroot), "alias")
+
+
+# ---------------------------------------------------------------- config files
+
+def test_a_config_key_given_twice_is_refused(tmp_path, capsys, no_data_load):
+    grid = tmp_path / "twice.yaml"
+    grid.write_text("lr: 0.1\nbatch_size: [50, 100]\nlr: 0.2\n")
+    err = run_expecting_error(["exp", "--config", str(grid), *tiny_flags(tmp_path / "data", tmp_path / "logs")],
+                              capsys, code=2)
+    assert err == f"train.py: error: {grid}: lr: given twice, on lines 1 and 3 (YAML would keep the second " \
+                  f"silently); give it once"
+    import sweep
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("- lr: 0.1\n  epochs: 2\n- {lr: 0.2, lr: 0.3}\n")
+    with pytest.raises(sweep.ConfigError, match="lr: given twice, on lines 3 and 3"):
+        sweep.load_config(str(nested))
+    merged = tmp_path / "merged.yaml"  # a merge's keys may be overridden: that is no repeat
+    merged.write_text("- &base\n  lr: 0.1\n  epochs: 2\n- <<: *base\n  lr: 0.3\n")
+    assert sweep.load_config(str(merged)) == [{"lr": [0.1], "epochs": [2]}, {"lr": [0.3], "epochs": [2]}]
+
+
+# ---------------------------------------------------------------- flags
+
+FLAG_MISTAKES = {
+    "stop after the last epoch": (["--epochs", "1", "--stop_after_epoch", "5"],
+                                  "--stop_after_epoch: 5 is past --epochs 1"),
+    "width 100000": (["--width", "100000"], "--width: expected an integer >= 1 and <= 1024, got 100000"),
+    "milestones with a space": (["--lr_milestones", "3", "5", "--schedule", "step"],
+                                "--lr_milestones: takes one comma-separated value (--lr_milestones 3,5), got '3' "
+                                "then '5'"),
+}
+
+
+@pytest.mark.parametrize("extra, message", FLAG_MISTAKES.values(), ids=FLAG_MISTAKES.keys())
+def test_flag_mistakes_are_named(extra, message, tmp_path, capsys, no_data_load):
+    err = run_expecting_error(["exp", *tiny_flags(tmp_path / "data", tmp_path / "logs"), *extra], capsys, code=2)
+    assert err == f"train.py: error: {message}" and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("where", ["build", "step"])
+def test_out_of_memory_names_the_flags_that_size_it(where, tiny_cifar10, tmp_path, monkeypatch, capsys):
+    root, _ = tiny_cifar10
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 360.00 GiB")
+
+    monkeypatch.setattr(trainer, "build_model" if where == "build" else "train_step", no_memory)
+    logroot = tmp_path / "logs"
+    err = run_expecting_error(["oom", *quick_flags(root, logroot)], capsys, code=1)
+    when = "building the model" if where == "build" else "in epoch 1"
+    assert err == (f"train.py: error: out of memory {when}: the memory grows with --width 8 (as its square) and "
+                   f"the micro-batch of 50 samples (--max_samples_per_gpu 50); lower one of them")
+    assert not logroot.exists()
+
+
+@pytest.mark.slow
+def test_a_real_out_of_memory_at_model_build(tiny_cifar10, tmp_path):
+    """--width 1024 (11 GB of weights) in a process whose address space is capped 1 GB above what it has."""
+    root, _ = tiny_cifar10
+    script = ("import resource, sys, sweep, train\n"  # the training stack loaded before the cap
+              "vm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize')) * 1024\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))\n"
+              "train.main(sys.argv[1:])\n")
+    flags = [*quick_flags(root, tmp_path / "logs")]
+    flags[flags.index("--width") + 1] = "1024"
+    done = subprocess.run([sys.executable, "-c", script, "oom", *flags], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == ("train.py: error: out of memory building the model: the memory grows with --width 1024 "
+                           "(as its square) and the micro-batch of 50 samples (--max_samples_per_gpu 50); lower one "
+                           "of them\n")
+    assert not (tmp_path / "logs").exists()
+
+
+def test_divergence_says_whether_a_checkpoint_is_kept():
+    with pytest.raises(trainer.Diverged, match=r"^training loss is inf at epoch 1, by step 1 \(lr 0.1\); stopped, no "
+                                               r"checkpoint was written before it$"):
+        trainer.check_finite(float("inf"), 0, 1, 0.1, 0)
+    with pytest.raises(trainer.Diverged, match="stopped, last.pt of epoch 3 kept$"):
+        trainer.check_finite(float("nan"), 4, 17, 0.1, 3)
+    trainer.check_finite(2.3, 0, 1, 0.1, 0)
+
+
+@pytest.mark.slow
+def test_divergence_in_a_run_names_the_checkpoint_it_kept(tiny_cifar10, tmp_path, monkeypatch, capsys):
+    root, _ = tiny_cifar10
+    real = trainer.check_finite
+
+    def nan_in_epoch_2(loss, epoch, *args):
+        return real(float("nan") if epoch == 1 else loss, epoch, *args)
+
+    monkeypatch.setattr(trainer, "check_finite", nan_in_epoch_2)
+    err = run_expecting_error(["nan", *quick_flags(root, tmp_path)], capsys, code=1)
+    assert err.endswith("stopped, last.pt of epoch 1 kept")
+
+
+# ---------------------------------------------------------------- a log edited by hand
+
+@pytest.mark.slow
+def test_a_damaged_best_checkpoint_is_rewritten_on_resume(tiny_cifar10, tmp_path, capsys):
+    root, _ = tiny_cifar10
+    train.main(["best", "--stop_after_epoch", "1", *quick_flags(root, tmp_path)])
+    trial_dir, trial = only_trial(tmp_path, "best")
+    best = os.path.join(trial_dir, "best.pt")
+    os.remove(best)  # a hard link to last.pt: replace it, do not write through it
+    with open(best, "wb") as f:
+        f.write(b"edited")
+    capsys.readouterr()
+    train.main(["best", "--resume", *quick_flags(root, tmp_path)])
+    out = capsys.readouterr().out
+    assert f"best.pt of trial {trial['trial_id']} was damaged: it will hold the best epoch after epoch 1" in out
+    assert only_trial(tmp_path, "best")[1]["finished"] is True
+    assert torch.load(best, weights_only=True)["epoch"] == 2  # the best (the only) epoch since the resume
+
+
+def _written_trial(logroot, epochs=2, steps_per_epoch=2):
+    """A closed trial with the rows a run of `epochs` epochs writes; returns (trial id, result file)."""
+    trial = store.open_trial(str(logroot), "exp", {"lr": 0.1})
+    for epoch in range(1, epochs + 1):
+        for step in range(1, steps_per_epoch + 1):
+            trial.log(iteration=(epoch - 1) * steps_per_epoch + step, kind="step", epoch=epoch, train_loss=1.0)
+        trial.log(iteration=epoch * steps_per_epoch, kind="epoch", epoch=epoch, test_top1=10.0)
+    trial.close(False)
+    return trial.trial_id, logroot / "exp" / "trials" / f"{trial.trial_id}_result.json"
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda lines, tid: lines.insert(2, "garbage\n"), "line 3 is not valid JSON"),
+    (lambda lines, tid: lines.append("garbage\n"), "line 7 is not valid JSON"),
+    (lambda lines, tid: lines.append('{"trial_id": "b000000000", "iteration": 9, "kind": "step"}\n'),
+     "line 7 belongs to trial 'b000000000', not {tid}"),
+    (lambda lines, tid: lines.append(lines[2].replace('"iteration": 2', '"iteration": 4')),
+     "line 7 repeats or goes back to epoch 1 (line 6 has epoch 2)"),
+    (lambda lines, tid: lines.insert(1, lines[0]), "line 2 repeats or goes back to step 1 (line 1 has step 1)"),
+    (lambda lines, tid: lines.append(lines[0]), "line 7 has iteration 1, before the 4 of line 6"),
+], ids=["garbage-inside", "garbage-last", "other-trial", "epoch-twice", "step-twice", "going-back"])
+def test_a_result_file_edited_by_hand_is_refused_not_rewritten(edit, problem, tmp_path):
+    trial_id, results = _written_trial(tmp_path)
+    lines = results.read_text().splitlines(keepends=True)
+    edit(lines, trial_id)
+    results.write_text("".join(lines))
+    before = files(tmp_path)
+    message = f"{results}: {problem.format(tid=trial_id)}"
+    with pytest.raises(store.StoreError) as info:
+        store.open_trial(str(tmp_path), "exp", {"lr": 0.1}, resume_id=trial_id, keep_until_step=4)
+    assert str(info.value).startswith(message)
+    with pytest.raises(store.StoreError) as info:  # and so is reading it for a plot
+        store.read_experiment(str(tmp_path / "exp"))
+    assert str(info.value).startswith(message)
+    assert files(tmp_path) == before
+
+
+def test_a_last_row_cut_by_a_kill_is_dropped_on_resume(tmp_path):
+    trial_id, results = _written_trial(tmp_path)
+    whole = results.read_text()
+    results.write_text(whole + '{"iteration": 5, "kind": "st')  # killed mid-write: no newline after it
+    store.open_trial(str(tmp_path), "exp", {"lr": 0.1}, resume_id=trial_id, keep_until_step=4).close(False)
+    assert results.read_text() == whole
+
+
+def test_resume_refuses_a_forged_row(tiny_cifar10, tmp_path, capsys):
+    root, _ = tiny_cifar10
+    train.main(["forged", "--stop_after_epoch", "1", *quick_flags(root, tmp_path)])
+    _, trial = only_trial(tmp_path, "forged")
+    results = tmp_path / "forged" / "trials" / f"{trial['trial_id']}_result.json"
+    epoch_row = [line for line in results.read_text().splitlines() if '"kind": "epoch"' in line][0]
+    results.write_text(results.read_text() + epoch_row.replace('"test_top1": ', '"test_top1": 99.0, "x": ') + "\n")
+    before = files(tmp_path)
+    err = run_expecting_error(["forged", "--resume", *quick_flags(root, tmp_path)], capsys, code=1)
+    assert f"{results}: line 4 repeats or goes back to epoch 1 (line 3 has epoch 1)" in err
+    assert files(tmp_path) == before
+
+
+# ---------------------------------------------------------------- progress
+
+def test_durations_read_as_a_person_would_say_them():
+    assert [trainer.duration(s) for s in (0.4, 45, 60, 725, 3599, 3600, 11220)] == \
+        ["0s", "45s", "1m00s", "12m05s", "59m59s", "1h00m", "3h07m"]
+
+
+def test_the_epoch_line_shows_the_time_the_run_has_left(tiny_cifar10, tmp_path, capsys):
+    root, _ = tiny_cifar10
+    train.main(["eta", *quick_flags(root, tmp_path)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and re.search(r"  run ETA \d+(s|m\d\ds)$", lines[0]) and "ETA" not in lines[1]

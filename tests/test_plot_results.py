@@ -50,7 +50,7 @@ def write_trial(logroot, exp, trial_id, params, rows):
         json.dump(params, f)
     with open(os.path.join(folder, f"{trial_id}_result.json"), "w") as f:
         for row in rows:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps({**row, "trial_id": trial_id}) + "\n")  # as store.Trial.log writes them
 
 
 def make_logs(logroot):
@@ -77,6 +77,7 @@ def make_logs(logroot):
                          "train_top1": 50.0, "test_loss": 1.0,
                          "test_top1": top1(exp, b, seed, e, params["lr"], params["max_samples_per_gpu"]),
                          "test_top5": 90.0, "epoch_seconds": 30.0 + n + e, "images_per_s": 100.0, "batch_size": b})
+        rows = [{**row, "trial_id": params["trial_id"]} for row in rows]  # as write_trial writes them
         write_trial(logroot, exp, params["trial_id"], params, rows)
         logs[params["trial_id"]] = (exp, params, [r for r in rows if r["kind"] == "epoch"])
     return logs
