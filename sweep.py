@@ -11,7 +11,8 @@ flag that takes a list itself (`lr_milestones`): there a list of lists is the ax
 value. The grid is the cartesian product of the axes in the file's order (the last axis varies fastest).
 A config may also be a list of such mappings: several grids, run one after another (e.g. a recipe per batch
 size; YAML anchors `&base` / `<<: *base` share the common keys).
-Where and how trials run (`--logroot`, `--cuda`, ...) is given on the command line, and any flag given on the
+Where and how trials run (`--logroot`, `--cuda`, ...) is given on the command line, except how often a trial is
+observed (`eval_every`, `log_interval`: counted in steps, so a grid may set them for its batch size), and any flag given on the
 command line overrides the config for every trial (e.g. `--epochs 2` for a smoke run).
 
 All trials go into one experiment. Re-running the same command skips the finished trials and resumes the
@@ -49,6 +50,9 @@ TRIAL_ERRORS = {cls.__name__: cls for cls in (config.UsageError, store.StoreErro
                                              trainer.Diverged, trainer.OutOfMemory, data.DataError)}
 
 
+# How often a trial is observed: a grid may set these (in optimizer steps, so the right value depends on the
+# grid's batch size); they are not part of what a trial computes, so they do not tell trials apart.
+GRID_RUNTIME_KEYS = ("eval_every", "log_interval")
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent dies
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _NOT_STARTED = "stopped before its first step; nothing written"
@@ -135,10 +139,13 @@ def _load_grid(path, raw):
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{path}: name: expected a readable name (text), got {value!r}")
             continue
-        if key in config.RUNTIME_KEYS:
+        if key in config.RUNTIME_KEYS and key not in GRID_RUNTIME_KEYS:
             raise ConfigError(f"{path}: {key}: says where or how trials run, not what they compute; "
                               f"give --{key} on the command line, not in a config")
-        if not isinstance(key, str) or key not in config.RECIPE_KEYS:
+        if key in GRID_RUNTIME_KEYS and isinstance(value, list):
+            raise ConfigError(f"{path}: {key}: says how often a trial is observed, not what it computes: one "
+                              f"value per grid, not a grid axis")
+        if not isinstance(key, str) or key not in config.RECIPE_KEYS + GRID_RUNTIME_KEYS:
             raise ConfigError(f"{path}: {key}: not a train.py flag")
         takes_list = config.field_kind(key)[1]
         is_axis = isinstance(value, list) and (not takes_list or (value and all(isinstance(v, list) for v in value)))
@@ -174,9 +181,10 @@ def _match(recipe_json, trials):
 
 
 def grid_entries(config_path, recipe, runtime, given):
-    """[(label, recipe, existing parameter file or None)] for every distinct grid point.
+    """[(label, recipe, runtime, existing parameter file or None)] for every distinct grid point.
 
-    `recipe` holds the command line's values; those of the flags in `given` override the config."""
+    `recipe` and `runtime` hold the command line's values; those of the flags in `given` override the config
+    (a grid's `eval_every` and `log_interval` go to its points' runtime)."""
     grids = load_config(config_path)
     overridden = sorted({k for axes in grids for k in axes if k in given})
     keys = list(dict.fromkeys(k for axes in grids for k in axes))
@@ -184,21 +192,24 @@ def grid_entries(config_path, recipe, runtime, given):
     varying = [k for k in keys if k not in given and len({repr(v) for axes in grids for v in axes.get(k, [None])}) > 1]
     entries, seen = [], set()
     for point in (p for axes in grids for p in expand(axes)):
-        point_recipe = dataclasses.replace(recipe, **{k: v for k, v in point.items() if k not in given})
+        point_recipe = dataclasses.replace(recipe, **{k: v for k, v in point.items()
+                                                     if k not in given and k not in GRID_RUNTIME_KEYS})
+        point_runtime = dataclasses.replace(runtime, **{k: v for k, v in point.items()
+                                                       if k not in given and k in GRID_RUNTIME_KEYS})
         try:
-            resolved = trainer.prepare(point_recipe, runtime)
+            resolved = trainer.prepare(point_recipe, point_runtime)
         except config.UsageError as e:
             raise ConfigError(f"{config_path}: grid point {_label(point, varying)}: {e}") from None
         key = repr(resolved)
         if key in seen:  # the command line overrode an axis: its points collapse into one
             continue
         seen.add(key)
-        entries.append((_label(point, varying), point_recipe, config.as_json(resolved)))
+        entries.append((_label(point, varying), point_recipe, point_runtime, config.as_json(resolved)))
     trials = store.list_trials(runtime.logroot, runtime.experimentname)
-    out = [(label, r, _match(recipe_json, trials)) for label, r, recipe_json in entries]
+    out = [(label, r, rt, _match(recipe_json, trials)) for label, r, rt, recipe_json in entries]
     print(f"sweep {config_path}: {len(out)} trial(s) into {store.experiment_dir(runtime.logroot, runtime.experimentname)}"
           + (f" (the command line overrides {', '.join(overridden)})" if overridden else ""))
-    for i, (label, _, existing) in enumerate(out, 1):
+    for i, (label, _, _, existing) in enumerate(out, 1):
         state = "new" if existing is None else f"trial {existing['trial_id']}, " + (
             "finished: skip" if existing.get("finished") else "unfinished: resume")
         print(f"  [{i}/{len(out)}] {label}: {state}")
@@ -220,15 +231,16 @@ def _run_one(recipe_json, runtime_json, resume_id):
 def run(config_path, recipe, runtime, given):
     """Run every grid point not finished yet; returns the trials' summaries in grid order."""
     entries = grid_entries(config_path, recipe, runtime, given)
-    runtime = dataclasses.replace(runtime, resume=False, config="")  # each trial is resumed by id
-    todo = [i for i, (_, _, existing) in enumerate(entries) if not (existing and existing.get("finished"))]
+    todo = [i for i, (_, _, _, existing) in enumerate(entries) if not (existing and existing.get("finished"))]
     summaries = [{"trial_id": e["trial_id"], "finished": True, "skipped": True} if i not in todo else None
-                 for i, (_, _, e) in enumerate(entries)]
-    for i, (label, _, existing) in enumerate(entries):
+                 for i, (_, _, _, e) in enumerate(entries)]
+    for i, (label, _, _, existing) in enumerate(entries):
         if i not in todo:
             print(f"[{i + 1}/{len(entries)}] {label}: trial {existing['trial_id']} already finished: skipped")
-    jobs = {i: (config.as_json(entries[i][1]), config.as_json(runtime),
-                entries[i][2]["trial_id"] if entries[i][2] else None) for i in todo}
+    # each trial is resumed by id
+    jobs = {i: (config.as_json(entries[i][1]),
+                config.as_json(dataclasses.replace(entries[i][2], resume=False, config="")),
+                entries[i][3]["trial_id"] if entries[i][3] else None) for i in todo}
     if runtime.ray:
         results = _run_ray(jobs, runtime)
     elif runtime.trials_per_gpu > 1:
@@ -262,7 +274,7 @@ def run(config_path, recipe, runtime, given):
 
 def _report(entries, summaries):
     print("sweep done:")
-    for (label, _, _), s in zip(entries, summaries):
+    for (label, *_), s in zip(entries, summaries):
         state = "not run" if s is None else "skipped (already finished)" if s.get("skipped") else (
             "finished" if s.get("finished") else ("failed" if s.get("error") else "stopped early"))
         print(f"  {label}: trial {(s or {}).get('trial_id')} {state}")

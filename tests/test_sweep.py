@@ -8,7 +8,7 @@ import store
 import sweep
 import train
 import trainer
-from conftest import result_rows, write_tiny_cifar
+from conftest import ROOT, result_rows, write_tiny_cifar
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -104,12 +104,38 @@ def test_command_line_overrides_the_config(tmp_path):
     entries = plan_of(path, ["exp", "--config", path, "--epochs", "3", "--lr", "0.05", "--logroot",
                              str(tmp_path / "logs")])
     # --lr collapses the lr axis: 2 batch sizes x 2 milestone lists remain, in file order (last axis fastest).
-    points = [(a.batch_size, a.lr_milestones) for _, a, _ in entries]
+    points = [(a.batch_size, a.lr_milestones) for _, a, _, _ in entries]
     assert points == [(64, (1, 2)), (64, (3,)), (256, (1, 2)), (256, (3,))]
-    for _, a, existing in entries:
+    for _, a, _, existing in entries:
         assert a.epochs == 3 and a.lr == 0.05 and a.nesterov is True and existing is None
         assert a.weight_decay == 5e-4  # YAML reads 5e-4 as a string; converted like the command line
-    assert [label for label, _, _ in entries][0] == "batch_size=64, lr_milestones=[1, 2]"
+    assert [label for label, _, _, _ in entries][0] == "batch_size=64, lr_milestones=[1, 2]"
+
+
+def test_a_grid_sets_how_often_its_trials_are_observed(tmp_path):
+    """eval_every and log_interval are steps, so each batch size's grid gives its own; the command line wins,
+    and they do not tell trials apart (not in the recipe)."""
+    path = write_config(tmp_path / "c.yaml", "- &a\n  val_size: 50\n  batch_size: 64\n  eval_every: 20\n"
+                                              "- <<: *a\n  batch_size: 256\n  eval_every: 5\n  log_interval: 2\n")
+    entries = plan_of(path, ["exp", "--config", path, "--logroot", str(tmp_path / "logs")])
+    assert [(r.batch_size, rt.eval_every, rt.log_interval) for _, r, rt, _ in entries] == [(64, 20, 50), (256, 5, 2)]
+    entries = plan_of(path, ["exp", "--config", path, "--eval_every", "7", "--logroot", str(tmp_path / "logs")])
+    assert [rt.eval_every for _, _, rt, _ in entries] == [7, 7]
+
+
+def test_the_scaling_study_configs_find_their_committed_trials(tmp_path):
+    """The study's pilot trials were run as single commands; the sweep must recognise them as its grid points."""
+    logroot = os.path.join(ROOT, "results", "scaling_study")
+    finished = 0
+    for optimizer in ("lars", "sgd"):
+        path = os.path.join(CONFIGS, "scaling_study", f"{optimizer}.yaml")
+        entries = plan_of(path, [f"scaling_{optimizer}", "--config", path, "--logroot", logroot])
+        assert len(entries) == 18  # 6 batch sizes x 3 lrs
+        assert {rt.eval_every for _, _, rt, _ in entries} == {3, 5, 10, 20, 40, 150}
+        finished += sum(bool(e and e.get("finished")) for _, _, _, e in entries)
+    committed = [t for name in ("scaling_lars", "scaling_sgd") for t in store.list_trials(logroot, name)
+                 if t.get("finished")]
+    assert finished == len(committed) > 0
 
 
 def test_shipped_configs_expand(tmp_path):
@@ -144,6 +170,8 @@ def test_shipped_configs_expand(tmp_path):
     ("lr_milestones: ['100,150', 200]\n", "lr_milestones", "one comma-separated string"),
     ("batch_size: []\n", "batch_size", "empty grid"),
     ("batch_size: [64, 64]\n", "batch_size", "repeats"),
+    ("eval_every: [5, 10]\nval_size: 50\n", "eval_every", "not a grid axis"),
+    ("eval_every: 5\n", "eval_every", "needs --val_size"),
     ("warmup_epochs: [1, 500]\nepochs: 10\n", "warmup_epochs", "grid point"),
 ])
 def test_config_errors_name_the_file_and_key(tmp_path, capsys, text, key, words):
@@ -197,7 +225,7 @@ def test_ray_local_runs_the_grid_and_names_a_failed_trial(dataroot, tmp_path, ca
 
     # Without Ray, the same command skips the two finished trials (only the diverged one would run again).
     entries = plan_of(path, ["raysweep", "--config", path, *tiny(dataroot, logroot)])
-    assert [(e or {}).get("finished") for _, _, e in entries] == [True, True, False]
+    assert [(e or {}).get("finished") for _, _, _, e in entries] == [True, True, False]
 
 
 def test_a_single_milestone_is_a_one_element_list(tmp_path):

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs (or continues) the scaling study (docs/scaling_study.md). Safe to stop and re-run at any time: the sweep
+# skips finished trials and resumes unfinished ones (from scratch on a fresh machine: checkpoints are not
+# committed). Two one-thread trials at a time. Results go to results/scaling_study/scaling_{lars,sgd}/.
+#   bash configs/scaling_study/run_study.sh            # from the repository root
+#   bash configs/scaling_study/run_study.sh --commit   # also commit results/scaling_study every 10 minutes
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+[ -d data/cifar-10-batches-py ] || python ../shared/data/make_cifar10.py data || exit 1
+commit() { git add results/scaling_study && git commit -q -m "scaling study: results so far" -- results/scaling_study; }
+if [ "${1:-}" = --commit ]; then
+    (while sleep 600; do commit; done) &
+    committer=$!
+    trap 'kill $committer; commit' EXIT
+fi
+for optimizer in lars sgd; do
+    python train.py --config "configs/scaling_study/$optimizer.yaml" --dataroot data --logroot results/scaling_study \
+        --noise_scale --trials_per_gpu 2 "scaling_$optimizer" || exit
+done
