@@ -101,8 +101,9 @@ def test_killed_mid_epoch_after_evaluations_then_resumed_gives_the_same_rows(tin
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "evaluate_validation", killed_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stopped:  # Ctrl-C: one line, exit 130 (interrupts.py)
         train.main(["killed", *flags])
+    assert stopped.value.code == 130
     assert [r["iteration"] for r in rows(tmp_path, "killed", "eval")] == [1, 2, 3, 4]
     assert all("noise_trace" in r for r in rows(tmp_path, "killed", "step"))
     monkeypatch.setattr(trainer, "evaluate_validation", real)
