@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs (or continues) the scaling study (docs/scaling_study.md). Safe to stop and re-run at any time: the sweep
 # skips finished trials and resumes unfinished ones (from scratch on a fresh machine: checkpoints are not
-# committed). Two one-thread trials at a time. Results go to results/scaling_study/scaling_{lars,sgd}/.
+# committed). Two one-thread trials at a time (one per optimizer). Results go to results/scaling_study/scaling_{lars,sgd}/.
 #   bash configs/scaling_study/run_study.sh            # from the repository root
 #   bash configs/scaling_study/run_study.sh --commit   # also commit results/scaling_study every 10 minutes
 set -uo pipefail
@@ -13,7 +13,13 @@ if [ "${1:-}" = --commit ]; then
     committer=$!
     trap 'kill $committer; commit' EXIT
 fi
+# The two optimizers side by side, one one-thread trial each, both from the largest batch down: a study cut
+# short then has both optimizers' grids at the same batch sizes.
+export OMP_NUM_THREADS=1
+status=0
 for optimizer in lars sgd; do
     python train.py --config "configs/scaling_study/$optimizer.yaml" --dataroot data --logroot results/scaling_study \
-        --noise_scale --trials_per_gpu 2 "scaling_$optimizer" || exit
+        --noise_scale "scaling_$optimizer" &
 done
+for optimizer in lars sgd; do wait -n || status=1; done
+exit $status
