@@ -58,6 +58,7 @@ def test_noise_scale_of_linear_regression_is_the_analytic_one(batch, micro, weig
     assert row["noise_scale"] == pytest.approx(TRACE / DELTA_SQ, rel=0.10)
 
 
+@pytest.mark.slow
 def test_how_a_step_is_cut_changes_the_estimate_only_by_noise():
     """The same steps (same data) cut into 8, 4 or 2 micro-batches: the estimates agree within 10%, and with
     different data (another seed) as closely: the cut adds no difference beyond the noise of the estimate."""
@@ -67,6 +68,7 @@ def test_how_a_step_is_cut_changes_the_estimate_only_by_noise():
     assert max(by_cut + [other_data]) / min(by_cut + [other_data]) < 1.15, (by_cut, other_data)
 
 
+@pytest.mark.slow
 def test_one_micro_batch_per_step_says_so_once_and_trains_on(tiny_cifar10, tmp_path, capsys):
     root, _ = tiny_cifar10
     flags = tiny_flags(root, tmp_path, "--noise_scale")
@@ -78,6 +80,7 @@ def test_one_micro_batch_per_step_says_so_once_and_trains_on(tiny_cifar10, tmp_p
     assert rows and not any("noise_scale" in r for r in rows)
 
 
+@pytest.mark.slow
 def test_steps_log_the_noise_scale_every_log_interval(tiny_cifar10, tmp_path):
     root, _ = tiny_cifar10
     train.main(["gns", *tiny_flags(root, tmp_path, "--noise_scale")])

@@ -47,6 +47,7 @@ def seed_loop_transcription(dataroot, *, width, batch_size, max_samples, epochs,
     return model, sizes
 
 
+@pytest.mark.slow
 def test_every_seed_behaviour_equals_a_transcription_of_the_seeds_loop(tiny_cifar10, tmp_path):
     root, _ = tiny_cifar10
     # 200 images at batch 48: ceil -> 5 steps per epoch, the last with 8 samples; 3 chunks per step (of 16;
@@ -97,6 +98,7 @@ def test_seed_trust_ratio_nan_is_the_one_line_divergence_error(tiny_cifar10, tmp
     assert "training loss is nan" in err
 
 
+@pytest.mark.slow
 def test_ghost_batch_size_and_zero_init_residual_reach_the_model(tiny_cifar10, tmp_path):
     root, _ = tiny_cifar10
     recipe = config.Recipe(width=4, ghost_batch_size=5, zero_init_residual=True)

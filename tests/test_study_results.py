@@ -2,12 +2,15 @@
 import glob
 import os
 
+import pytest
+
 import plot_results
 from conftest import ROOT
 
 STUDY = os.path.join(ROOT, "results", "cpu_study")
 
 
+@pytest.mark.slow
 def test_the_study_figures_regenerate_from_the_committed_results(tmp_path):
     experiments = sorted(glob.glob(os.path.join(STUDY, "cpu_*")))
     assert experiments, f"no experiment folders under {STUDY}"

@@ -39,6 +39,7 @@ def test_cli_lars_two_epochs_logs_and_checkpoints(tiny_cifar10, tmp_path):
     assert [r["iteration"] for r in steps] == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_parameter_file_records_recipe_plan_and_runtime(tiny_cifar10, tmp_path):
     root, _ = tiny_cifar10
     train.main(["sgd_results", "--optimizer", "SGD", "--nesterov", "--schedule", "step",
