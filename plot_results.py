@@ -14,6 +14,9 @@ Each argument is an experiment folder (LOGROOT/EXPERIMENT, one config). Writes i
                                  steps, and ||w||, ||g||, their ratio per layer at the first and last logged step
   steps_to_target.png/.pdf, .md, .csv   with --target T (trials run with --val_size): optimizer steps to T%
                                  validation top-1 against batch size (see --help)
+  noise_scale.png/.pdf, .md      with --target T and trials run with --noise_scale: the gradient noise scale
+                                 B_simple over training at each batch size's best setting, beside the fitted
+                                 critical batch size
 
 Grouping: a trial's param map lists in `recipe_keys` the parameters that define what it computes. Within
 one experiment, trials that share every recipe key except `seed` are the seeds of one point; a recipe key
@@ -58,7 +61,8 @@ def read_experiment(path):
          "epochs": [dict, ...],    # the rows with kind == "epoch", one per epoch (the last logged wins),
                                    # in epoch order; [] when none has completed yet
          "evals": [dict, ...],     # the rows with kind == "eval" (--val_size), one per step, in step order
-         "trust": [dict, ...]}     # the rows with kind == "trust" (--log_trust_ratios), in step order
+         "trust": [dict, ...],     # the rows with kind == "trust" (--log_trust_ratios), in step order
+         "noise": [dict, ...]}     # the rows with kind == "step" that carry noise_scale (--noise_scale)
 
     Raises ResultsError (message starting with the offending path) for a missing folder, a folder without
     trials, an unreadable param map or result line, or an experiment none of whose trials finished an epoch.
@@ -76,6 +80,8 @@ def read_experiment(path):
         by_epoch = {int(r["epoch"]): r for r in rows if r.get("kind") == "epoch" and r.get("epoch") is not None}
         by_step = {kind: {int(r["iteration"]): r for r in rows if r.get("kind") == kind
                           and _finite(r.get("iteration"))} for kind in ("eval", "trust")}
+        by_step["noise"] = {int(r["iteration"]): r for r in rows if r.get("kind") == "step"
+                            and _finite(r.get("iteration")) and "noise_scale" in r}
         trials.append({"experiment": experiment, "path": path, "param_path": store.params_path(path, params["trial_id"]),
                        "trial_id": str(params["trial_id"]), "params": params, "name": name,
                        "epochs": [by_epoch[e] for e in sorted(by_epoch)],
@@ -998,6 +1004,97 @@ def fig_steps_to_target(tpoints, target, command, note):
     return fig
 
 
+NOISE_TABLE = "noise_scale.md"
+NOISE_NOTE = ("B_simple = tr(Sigma) / |G|^2, the gradient noise scale of McCandlish et al. (2018), estimated from "
+              "the micro-batches of each step (EMAs, --noise_scale) and logged every --log_interval steps")
+
+
+def _noise_curve(trial):
+    return [(_num(r.get("iteration")), _num(r.get("noise_scale"))) for r in trial.get("noise", [])
+            if _finite(r.get("iteration")) and _finite(r.get("noise_scale"))]
+
+
+def noise_at(curve, step):
+    """B_simple at `step`: linearly interpolated between the logged steps around it; None outside them."""
+    for (s0, v0), (s1, v1) in zip(curve, curve[1:]):
+        if s0 <= step <= s1:
+            return v0 if s1 == s0 else v0 + (step - s0) / (s1 - s0) * (v1 - v0)
+    return curve[0][1] if curve and curve[0][0] == step else None
+
+
+def _noise_best(best, target):
+    """[(optimizer, batch size, point, [(trial, curve, steps to target)])] for the best settings with noise rows."""
+    out = []
+    for (optimizer, batch), p in sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        seeds = [(t, _noise_curve(t), steps_to_target(_val_curve(t), target)) for t in p["trials"]]
+        seeds = [s for s in seeds if s[1]]
+        if seeds:
+            out.append((optimizer, batch, p, seeds))
+    return out
+
+
+def _mean_range(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    return f"{mean:.0f}" + (f" ({min(values):.0f}–{max(values):.0f})" if len(values) > 1 else "")
+
+
+def noise_table(rows, fits, target):
+    lines = [f"# Gradient noise scale at each batch size's best setting (target {target:g}% validation top-1)", "",
+             f"{NOISE_NOTE}. 'At the target': B_simple interpolated at the step where the seed first reaches the "
+             f"target; 'end': at the last logged step. Mean over seeds (min–max when more than one). McCandlish "
+             f"et al. predict the critical batch size B_crit to be about B_simple at the target.", "",
+             "| optimizer | batch size | setting | seeds | B_simple at the target | B_simple at the end | "
+             "B_crit (90% interval) |", "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for optimizer, batch, p, seeds in rows:
+        fit = fits.get(optimizer)
+        crit = (f"{fit[1]:.0f} ({fit[2][0]:.0f}–{fit[2][1]:.0f})" if fit[2] else f"{fit[1]:.0f}") if fit else "—"
+        at_target = [noise_at(curve, reached) for _, curve, reached in seeds if reached is not None]
+        lines.append(f"| {optimizer} | {batch} | {p['setting_label'] or '—'} | {len(seeds)} | "
+                     f"{_mean_range(at_target)} | {_mean_range([curve[-1][1] for _, curve, _ in seeds])} | {crit} |")
+    return "\n".join(lines) + "\n"
+
+
+def fig_noise_scale(rows, fits, target, command, note):
+    optimizers = sorted({r[0] for r in rows})
+    footer = [f"{NOISE_NOTE}; its first steps, before the EMAs settle, and non-positive estimates are not drawn. "
+              f"One line per seed of each batch size's best setting (by steps to {target:g}% validation top-1), "
+              f"against the fraction of its optimizer steps; a dot where the seed reached the target. Dotted: the "
+              f"optimizer's fitted critical batch size B_crit, shaded: its 90% bootstrap interval."]
+    fig, axes = _figure(WIDE, 2.6, _footer(footer, command, note), ncols=len(optimizers), squeeze=False,
+                        sharey=True)
+    for ax, optimizer in zip(axes.flat, optimizers):
+        mine = [r for r in rows if r[0] == optimizer]
+        sizes = [r[1] for r in mine]
+        cmap = plt.get_cmap("viridis")
+        for i, (_, batch, p, seeds) in enumerate(mine):
+            colour = cmap(0.85 * i / max(1, len(sizes) - 1))
+            for k, (t, curve, reached) in enumerate(seeds):
+                total = max(s for s, _ in curve)
+                drawn = [(s / total, v) for s, v in curve if v > 0 and s > 0.1 * total]
+                if drawn:
+                    ax.plot(*zip(*drawn), color=colour, linewidth=0.9, label=f"batch {batch}" if k == 0 else None)
+                value = noise_at(curve, reached) if reached is not None else None
+                if value is not None and value > 0:
+                    ax.plot([reached / total], [value], "o", color=colour, markersize=3.5, zorder=4)
+        if optimizer in fits:
+            _, b_crit, interval, _ = fits[optimizer]
+            ax.axhline(b_crit, color="black", linestyle=":", linewidth=1.1, label=f"B_crit {b_crit:.0f}")
+            if interval:
+                ax.axhspan(interval[0], interval[1], color="black", alpha=0.08, linewidth=0)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel("fraction of the trial's optimizer steps")
+        ax.set_ylabel("B_simple (log scale)")
+        ax.grid(True, which="both", alpha=0.2, linewidth=0.5)
+        ax.set_title(optimizer, fontsize=7)
+        ax.legend(fontsize=6, frameon=False)
+    _fit_title(fig, "Gradient noise scale over training, and the critical batch size")
+    return fig
+
+
 # ================================================================ table
 
 def results_table(trials, title=None):
@@ -1069,17 +1166,24 @@ STEPS_TABLE, STEPS_CSV = "steps_to_target.md", "steps_to_target.csv"
 
 
 def target_outputs(trials, target, command=None, note=None):
-    """({"steps_to_target": Figure}, {file name: text}) for --target, or a ResultsError when no trial has
-    validation rows."""
+    """({"steps_to_target": Figure, and "noise_scale" when the best settings' trials logged it}, {file name:
+    text}) for --target, or a ResultsError when no trial has validation rows."""
     points = group_points([t if "recipe" in t else summarize(t) for t in trials])
     tpoints = target_points(points, target)
     if not tpoints:
         raise ResultsError("--target: no trial has validation rows (train with --val_size, and --eval_every for "
                            "more than one evaluation an epoch)")
     markdown, csv_text = steps_to_target_table(tpoints, target)
+    figures, texts = {}, {STEPS_TABLE: markdown, STEPS_CSV: csv_text}
+    best = best_per_batch(tpoints)
+    noise_rows = _noise_best(best, target)
     with plt.rc_context(FONT):
-        figure = fig_steps_to_target(tpoints, target, command, note)
-    return {"steps_to_target": figure}, {STEPS_TABLE: markdown, STEPS_CSV: csv_text}
+        figures["steps_to_target"] = fig_steps_to_target(tpoints, target, command, note)
+        if noise_rows:
+            fits = critical_batch_fits(best)
+            figures["noise_scale"] = fig_noise_scale(noise_rows, fits, target, command, note)
+            texts[NOISE_TABLE] = noise_table(noise_rows, fits, target)
+    return figures, texts
 
 
 def write_all(trials, out_dir, command=None, note=None, title=None, target=None):

@@ -559,7 +559,10 @@ def read_experiment(experiment_folder):
             if len(records) != len(raw):
                 raise StoreError(f"{experiment_folder}: skeletor read {len(records)} rows of trial {trial_id}, "
                                  f"its file has {len(raw)}")
-            # skeletor's frame has every column in every row: keep each row's own keys, its values as read
-            rows_by_id[trial_id] = [{k: record[k] for k in row} for record, row in zip(records, raw)]
+            # skeletor's frame has every column in every row: keep each row's own keys, its values as read, except
+            # where a parameter has the key's name (e.g. noise_scale): the frame then holds the parameter's value
+            params = next(p for p in params_list if str(p["trial_id"]) == trial_id)
+            rows_by_id[trial_id] = [{k: row[k] if k in params else record[k] for k in row}
+                                    for record, row in zip(records, raw)]
     return [(p, rows_by_id.get(str(p["trial_id"]), [])) for p in params_list]
 

@@ -117,8 +117,9 @@ def test_read_experiment_returns_plain_trial_dicts(logs):
     trials = plot_results.read_experiment(os.path.join(logroot, "sgd_nesterov_tuned"))
     assert [t["trial_id"] for t in trials] == sorted(t for t, v in written.items() if v[0] == "sgd_nesterov_tuned")
     t = trials[0]
-    assert set(t) == {"experiment", "path", "param_path", "trial_id", "params", "epochs", "evals", "trust", "name"}
-    assert t["evals"] == [] and t["trust"] == []  # trials without --val_size or --log_trust_ratios
+    assert set(t) == {"experiment", "path", "param_path", "trial_id", "params", "epochs", "evals", "trust", "noise",
+                      "name"}
+    assert t["evals"] == [] and t["trust"] == [] and t["noise"] == []  # without --val_size, trust ratios, noise
     assert t["experiment"] == "sgd_nesterov_tuned" and t["param_path"].endswith("_param_map.json")
     assert t["params"] == written[t["trial_id"]][1]
     # epoch rows only, in order (skeletor's pandas reader may round floats in the last digit)

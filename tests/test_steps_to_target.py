@@ -13,6 +13,7 @@ TARGET = 50.0
 # The steps each optimizer needs at its best lr follow S(B) = S_min (1 + B_crit / B)
 TRUTH = {"LARS": (100.0, 1000.0), "SGD": (150.0, 400.0)}
 SIZES = (64, 256, 1024, 4096)
+NOISE_PER_STEP = 10.0
 
 
 def curve(steps_needed, total, every):
@@ -34,9 +35,12 @@ def make_logs(logroot):
                     params = {"arch": "AirbenchNet", "dataset": "cifar10", "optimizer": optimizer, "lr": lr,
                               "batch_size": b, "epochs": 3, "seed": seed, "recipe_keys": RECIPE,
                               "trial_id": f"t{n:05d}", "start_time": f"2026-01-01T{n // 60:02d}:{n % 60:02d}",
-                              "finished": True, "val_size": 5000}
-                    rows = [{"kind": "eval", "iteration": s, "epoch": 1, "val_top1": v, "val_loss": 1.0}
-                            for s, v in evals]
+                              "finished": True, "val_size": 5000, "noise_scale": True}
+                    # B_simple grows linearly with the step (the parameter of the same name must not mask it)
+                    rows = [row for s, v in evals for row in (
+                        {"kind": "step", "iteration": s, "epoch": 1, "train_loss": 1.0,
+                         "noise_scale": NOISE_PER_STEP * s},
+                        {"kind": "eval", "iteration": s, "epoch": 1, "val_top1": v, "val_loss": 1.0})]
                     rows.append({"kind": "epoch", "iteration": evals[-1][0], "epoch": 3, "train_loss": 1.0,
                                  "test_top1": 40.0, "test_loss": 1.0, "val_top1": evals[-1][1]})
                     write_trial(logroot, exp, params["trial_id"], params, rows)
@@ -71,7 +75,7 @@ def outputs(tmp_path_factory):
 def test_target_writes_the_figure_and_tables(outputs):
     out, written = outputs
     for name in ("steps_to_target.png", "steps_to_target.pdf", "steps_to_target.md", "steps_to_target.csv",
-                 "results_table.md"):
+                 "noise_scale.png", "noise_scale.pdf", "noise_scale.md", "results_table.md"):
         assert str(out / name) in written and (out / name).stat().st_size > 0
 
 
@@ -95,6 +99,34 @@ def test_best_settings_and_critical_batch(outputs):
         fitted = float(line.split("B_crit = ")[1].split()[0])
         low, high = (float(v) for v in line.split("interval ")[1].split(")")[0].split("–"))
         assert fitted == pytest.approx(b_crit, rel=0.1) and low <= fitted <= high
+
+
+def test_noise_scale_at_the_target_of_each_best_setting(outputs):
+    out, _ = outputs
+    with open(out / "steps_to_target.csv") as f:
+        best = {(r["optimizer"], r["batch_size"]): float(r["steps_mean"]) for r in csv.DictReader(f) if r["best"]}
+    rows = [line.split(" | ") for line in (out / "noise_scale.md").read_text().splitlines()
+            if line.startswith("| LARS") or line.startswith("| SGD")]
+    assert {(r[0][2:], r[1]) for r in rows} == set(best)
+    for r in rows:
+        at_target = float(r[4].split()[0])  # mean over the seeds, then their range
+        assert at_target == pytest.approx(NOISE_PER_STEP * best[(r[0][2:], r[1])], abs=1.0)
+        assert float(r[6].split()[0]) > 0  # the optimizer's fitted B_crit beside it
+
+
+def test_noise_at_interpolates_between_logged_steps():
+    curve = [(10, 100.0), (20, 300.0)]
+    assert plot_results.noise_at(curve, 15) == pytest.approx(200.0)
+    assert plot_results.noise_at(curve, 10) == 100.0 and plot_results.noise_at(curve, 20) == 300.0
+    assert plot_results.noise_at(curve, 5) is None and plot_results.noise_at(curve, 25) is None
+
+
+def test_a_row_value_is_not_masked_by_a_parameter_of_the_same_name(tmp_path):
+    # skeletor's frame joins the parameters to the rows; the param map has noise_scale: true (the flag)
+    experiments = make_logs(str(tmp_path))
+    trial = plot_results.read_experiment(experiments[0])[0]
+    assert trial["params"]["noise_scale"] is True
+    assert [r["noise_scale"] for r in trial["noise"]] == [NOISE_PER_STEP * r["iteration"] for r in trial["noise"]]
 
 
 @pytest.mark.parametrize("value", ["-1", "100.5", "nan"])
