@@ -712,6 +712,7 @@ def test_durations_read_as_a_person_would_say_them():
         ["0s", "45s", "1m00s", "12m05s", "59m59s", "1h00m", "3h07m"]
 
 
+@pytest.mark.slow
 def test_the_epoch_line_shows_the_time_the_run_has_left(tiny_cifar10, tmp_path, capsys):
     root, _ = tiny_cifar10
     train.main(["eta", *quick_flags(root, tmp_path)])

@@ -102,6 +102,7 @@ def test_a_parallel_sweep_stops_its_workers_cleanly(name, to_group, tiny_cifar10
     assert not glob.glob(os.path.join(logroot, "**", "*.tmp"), recursive=True)
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_sweep_names_the_grid_point(tiny_cifar10, tmp_path, monkeypatch, capsys):
     root, _ = tiny_cifar10
     grid = tmp_path / "grid.yaml"

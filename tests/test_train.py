@@ -311,6 +311,7 @@ def test_stop_after_an_epoch_the_trial_has_passed_is_an_error(tiny_cifar10, tmp_
     assert "--stop_after_epoch: trial" in err and "already at epoch 1" in err
 
 
+@pytest.mark.slow
 def test_resume_from_an_older_checkpoint_drops_a_later_best(tiny_cifar10, tmp_path):
     """With --checkpoint_every > 1 a run killed after an improving epoch's best.pt resumes from an older
     last.pt; the rows after it are dropped, and so is that best.pt."""

@@ -205,6 +205,7 @@ def test_code_version_outside_a_checkout_is_unknown(monkeypatch):
     assert store.code_version() == {"git_hash": "unknown", "git_dirty": None}
 
 
+@pytest.mark.slow
 def test_a_trial_logged_before_a_recipe_field_existed_still_matches_and_resumes(tiny_cifar10, tmp_path):
     """A parameter file without `val_size` (logged before it existed) is the default recipe: the sweep finds it
     and --resume accepts it."""
