@@ -94,6 +94,9 @@ def test_best_settings_and_critical_batch(outputs):
     assert all(r["reached"] == "0" and r["steps_mean"] == "" for r in never)
     text = (out / "steps_to_target.md").read_text()
     assert "not reached" in text and "interpolated" in text
+    test_rows = [line for line in text.split("## Final test top-1")[1].splitlines() if line.startswith("| LARS")
+                 or line.startswith("| SGD")]
+    assert len(test_rows) == len(best) and all("| 40.00 ± 0.00 | 3 |" in line for line in test_rows)
     for optimizer, (_, b_crit) in TRUTH.items():
         line = next(line for line in text.splitlines() if line.startswith(f"- {optimizer}: B_crit"))
         fitted = float(line.split("B_crit = ")[1].split()[0])

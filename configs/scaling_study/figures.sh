@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Regenerates every figure and table of the scaling study (docs/scaling_study.md) from the committed logs under
+# results/scaling_study/, without training: steps_to_target (figure, tables with the final test top-1 at each
+# batch size's best setting, the B_crit fits), noise_scale, trust_ratios, and the per-setting curves and table.
+#   bash configs/scaling_study/figures.sh              # from the repository root; writes images/scaling_study/
+#   bash configs/scaling_study/figures.sh OUT_DIR      # writes elsewhere
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# The validation top-1 target fixed after the pilot, before the grid (docs/scaling_study.md)
+TARGET=72.5
+python plot_results.py results/scaling_study/scaling_lars results/scaling_study/scaling_sgd \
+    --out "${1:-images/scaling_study}" --target "$TARGET" --title "Scaling study (AirbenchNet width 16, CIFAR-10)" \
+    --note "2-core CPU (AMD EPYC), fp32, torch 2.14.1, one thread per trial"
