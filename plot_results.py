@@ -187,6 +187,7 @@ def summarize(trial):
                 test_top1=top1,
                 train_loss=train_loss,
                 final_top1=top1[-1] if top1 and math.isfinite(top1[-1]) else None,
+                final_val_top1=_num(rows[-1].get("val_top1")) if rows and _finite(rows[-1].get("val_top1")) else None,
                 epochs_planned=planned,
                 epochs_done=done,
                 finished=params.get("finished") is True and planned is not None and done >= planned,
@@ -261,6 +262,8 @@ def group_points(trials):
             "mean": sum(finals) / len(finals) if finals else None,
             "min": min(finals) if finals else None,
             "max": max(finals) if finals else None,
+            "val_mean": (sum(t["final_val_top1"] for t in ts) / len(ts)
+                         if all(t["final_val_top1"] is not None for t in ts) else None),
             "partial": [t for t in ts if not t["finished"] and t["diverged_epoch"] is None],
             "diverged": [t for t in ts if t["diverged_epoch"] is not None],
             "test_subset": sorted({t["test_subset"] for t in ts if t["test_subset"]}),
@@ -273,15 +276,22 @@ def group_points(trials):
 
 def line_points(points):
     """Per (experiment, batch size): the point drawn on the lines of the batch-size and curve figures --
-    the only one, or, where the batch size has a sweep, the setting with the best mean final top-1."""
-    best = {}
+    the only one, or, where the batch size has a sweep, the setting with the best mean final validation top-1
+    when all its settings have a validation split (--val_size), else the best mean final test top-1."""
+    candidates = {}
     for p in points:
-        if p["mean"] is None:
-            continue
-        k = (p["experiment"], p["batch_size"])
-        if k not in best or p["mean"] > best[k]["mean"]:
-            best[k] = p
-    return sorted(best.values(), key=lambda p: (p["experiment"], p["batch_size"] or 0))
+        if p["mean"] is not None:
+            candidates.setdefault((p["experiment"], p["batch_size"]), []).append(p)
+    best = []
+    for ps in candidates.values():
+        by_validation = all(p["val_mean"] is not None for p in ps)
+        best.append(max(ps, key=lambda p: p["val_mean"] if by_validation else p["mean"]))
+    return sorted(best, key=lambda p: (p["experiment"], p["batch_size"] or 0))
+
+
+def picked_on_validation(points):
+    """Whether line_points picked every swept batch size's setting on validation (else on test)."""
+    return all(p["val_mean"] is not None for p in points if p["mean"] is not None)
 
 
 def recipe_label(experiment, points):
@@ -402,8 +412,10 @@ def fig_accuracy_vs_batch(points, colours, scale, command, note):
     has_partial = any(p["partial"] for p in drawn)
     footer = [f"Points: mean over seeds of the final test top-1 (after the last completed epoch); "
               f"bars: {SPREAD}; n seeds beside each point (n=1: a single seed, diamond, no bar)."
-              + (" Where a batch size has a setting sweep, its best setting (by this same test top-1, so an "
-                 "optimistic pick) is on the line, the others are faint dots (see setting_*.png)." if has_sweep else "")
+              + ((" Where a batch size has a setting sweep, its best setting by final validation top-1 is on the "
+                  "line" if picked_on_validation(points) else " Where a batch size has a setting sweep, its best "
+                  "setting (by this same test top-1, so an optimistic pick) is on the line")
+                 + ", the others are faint dots (see setting_*.png)." if has_sweep else "")
               + (" Hollow: includes unfinished trials." if has_partial else "")
               + (" x: a diverged seed (NaN/inf loss), included in the mean."
                  if any(p["diverged"] for p in drawn) else ""),

@@ -433,3 +433,14 @@ def test_experiments_are_named_by_their_configs_name(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: 3\nlr: 1.0\n")
     with pytest.raises(sweep.ConfigError, match="name: expected a readable name"):
         sweep.load_config(str(tmp_path / "bad.yaml"))
+
+
+def test_a_sweep_is_drawn_at_its_best_setting_on_validation_when_it_has_a_split():
+    def point(setting, test, val):
+        return {"experiment": "grid", "batch_size": 512, "setting": setting, "mean": test, "val_mean": val}
+    with_split = [point("lr=1", 80.0, 70.0), point("lr=2", 78.0, 72.0)]  # the better test top-1 is not chosen
+    assert [p["setting"] for p in plot_results.line_points(with_split)] == ["lr=2"]
+    assert plot_results.picked_on_validation(with_split)
+    without = [point("lr=1", 80.0, None), point("lr=2", 78.0, None)]  # no split: test top-1, said so
+    assert [p["setting"] for p in plot_results.line_points(without)] == ["lr=1"]
+    assert not plot_results.picked_on_validation(without)
