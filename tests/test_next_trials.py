@@ -1,0 +1,119 @@
+"""configs/scaling_study/next_trials.py: the scaling study's next trials by its design's rules, on trial files
+written here (no training)."""
+import importlib.util
+import os
+import re
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from test_plot_results import write_trial
+
+spec = importlib.util.spec_from_file_location(
+    "next_trials", os.path.join(ROOT, "configs", "scaling_study", "next_trials.py"))
+next_trials = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(next_trials)
+
+RECIPE = ["optimizer", "lr", "batch_size", "epochs", "seed"]
+CONFIG = """- &base
+  optimizer: {optimizer}
+  seed: 1
+  lr: {lrs}
+  batch_size: 4096
+  epochs: 14
+  warmup_fraction: 0.125
+  eval_every: 3
+- <<: *base
+  batch_size: 512
+  epochs: 4
+  warmup_fraction: 0.05
+  eval_every: 20
+"""
+STEPS_PER_EPOCH = {4096: 10, 512: 88}
+
+
+def trial(logroot, exp, n, optimizer, batch, lr, epochs, seed, reach_fraction, final):
+    """A finished trial whose validation top-1 crosses the target at `reach_fraction` of its steps (None: never,
+    topping out below it) and ends at `final`."""
+    total = STEPS_PER_EPOCH[batch] * epochs
+    target = next_trials.TARGET
+    evals = []
+    for k in range(1, 21):
+        step = total * k // 20
+        top1 = final * k / 20 if reach_fraction is None else min(final, target * step / (reach_fraction * total))
+        evals.append((step, top1))
+    params = {"optimizer": optimizer, "lr": lr, "batch_size": batch, "epochs": epochs, "seed": seed,
+              "recipe_keys": RECIPE, "trial_id": f"t{n:04d}", "start_time": f"2026-01-01T00:{n:02d}", "finished": True}
+    rows = [{"kind": "eval", "iteration": s, "epoch": 1, "val_top1": v, "val_loss": 1.0} for s, v in evals]
+    rows.append({"kind": "epoch", "iteration": total, "epoch": epochs, "train_loss": 1.0, "test_top1": 0.0,
+                 "test_loss": 1.0, "val_top1": evals[-1][1]})
+    write_trial(logroot, exp, params["trial_id"], params, rows)
+
+
+@pytest.fixture
+def study(tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "lars.yaml").write_text(CONFIG.format(optimizer="LARS", lrs="[4.0, 8.0, 16.0]"))
+    (configs / "sgd.yaml").write_text(CONFIG.format(optimizer="SGD", lrs="[0.1, 0.2, 0.4]"))
+    logroot = str(tmp_path / "results")
+    specs = [  # (experiment, optimizer, batch, lr, epochs, seed, reach fraction, final val top-1)
+        ("scaling_lars", "LARS", 4096, 4.0, 14, 1, 0.7, 74.0),   # inside the grid, early: second horizon next
+        ("scaling_lars", "LARS", 4096, 8.0, 14, 1, 0.5, 75.0),   # (best 8, better neighbour 4)
+        ("scaling_lars", "LARS", 4096, 16.0, 14, 1, None, 70.0),
+        ("scaling_lars", "LARS", 512, 4.0, 4, 1, 0.4, 76.0),     # best at the grid's low end: grow to 2
+        ("scaling_lars", "LARS", 512, 8.0, 4, 1, 0.6, 75.0),
+        ("scaling_lars", "LARS", 512, 16.0, 4, 1, 0.8, 74.0),
+        ("scaling_sgd", "SGD", 4096, 0.1, 14, 1, None, 70.0),    # second horizon done: seeds 2 and 3 of the best
+        ("scaling_sgd", "SGD", 4096, 0.2, 14, 1, 0.8, 73.0),
+        ("scaling_sgd", "SGD", 4096, 0.4, 14, 1, None, 71.0),
+        ("scaling_sgd", "SGD", 4096, 0.2, 21, 1, 0.5, 74.0),   # 105 steps, fewer than 112
+        ("scaling_sgd", "SGD", 4096, 0.4, 21, 1, 0.7, 73.0),
+        ("scaling_sgd", "SGD", 512, 0.1, 4, 1, None, 70.0),      # best reaches it only in the last 10%: grow
+        ("scaling_sgd", "SGD", 512, 0.2, 4, 1, 0.95, 73.0),      # the horizon (4 -> 6 epochs)
+        ("scaling_sgd", "SGD", 512, 0.4, 4, 1, None, 69.0),
+    ]
+    for n, spec_ in enumerate(specs):
+        trial(logroot, *spec_[:1], n, *spec_[1:])
+    return logroot, str(configs)
+
+
+def section(report, optimizer, batch):
+    text = "\n".join(report)
+    return re.search(rf"^{optimizer}, batch {batch}:.*?(?=^\S|\Z)", text, re.S | re.M).group(0)
+
+
+def test_each_rule_of_the_design_in_its_order(study, capsys):
+    logroot, configs = study
+    report = next_trials.main(["--results", logroot, "--configs", configs])
+    assert "second horizon (21 epochs) at lr 8 and 4" in section(report, "LARS", 4096)
+    assert "grow it to lr 2" in section(report, "LARS", 512)
+    assert "best setting lr 0.2, 21 epochs: seeds 2, 3 to run" in section(report, "SGD", 4096)
+    assert "grows the horizon to 6 epochs" in section(report, "SGD", 512)
+    assert "lr 16: not reached" in section(report, "LARS", 4096)
+
+
+def test_the_config_entries_it_prints_are_the_trials_it_names(study):
+    logroot, configs = study
+    text = "\n".join(next_trials.main(["--results", logroot, "--configs", configs]))
+    lars = text.split("append to configs/scaling_study/lars.yaml:\n")[1].split("\n\n")[0]
+    with open(os.path.join(configs, "lars.yaml")) as f:
+        added = yaml.safe_load(f.read() + lars)[2:]  # the config as it reads once they are appended
+    assert {(e["batch_size"], e["epochs"], e["seed"], tuple(e["lr"])) for e in added} == {
+        (4096, 21, 1, (4.0, 8.0)), (512, 4, 1, (2.0,))}
+    assert all(e["warmup_fraction"] == (0.125 if e["batch_size"] == 4096 else 0.05) for e in added)
+
+
+def test_nothing_is_decided_while_a_configured_trial_is_missing(study):
+    logroot, configs = study
+    with open(os.path.join(configs, "lars.yaml"), "a") as f:
+        f.write("- <<: *base\n  lr: [32.0]\n")  # asked for, not run yet
+    report = next_trials.main(["--results", logroot, "--configs", configs])
+    assert "1 configured trial(s) not finished" in section(report, "LARS", 4096)
+    assert "second horizon" not in section(report, "LARS", 4096)
+
+
+def test_the_target_is_the_one_the_figures_use():
+    with open(os.path.join(ROOT, "configs", "scaling_study", "figures.sh")) as f:
+        assert f"TARGET={next_trials.TARGET:g}\n" in f.read()
