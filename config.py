@@ -135,6 +135,9 @@ class Runtime:
     eval_every: typing.Optional[int] = _opt(None, "with --val_size: evaluate the validation split every K "
                                                   "optimizer steps (and at each epoch's end), logged as rows of "
                                                   "kind 'eval' (default: none, only at each epoch's end)", low=1)
+    test_eval: str = _opt("epoch", "when to evaluate the test set: after every epoch, or with --val_size only after "
+                                   "the last (a study that chooses on validation reads the test set once)",
+                          choices=("epoch", "end"))
     noise_scale: bool = _opt(False, "estimate the gradient noise scale B_simple = tr(Sigma)/|G|^2 from each step's "
                                     "micro-batches (or ranks), logged every --log_interval steps as noise_scale, "
                                     "noise_trace, noise_grad_sq (McCandlish et al. 2018)")
@@ -295,6 +298,9 @@ def check(recipe, runtime=None, world_size=1):
             raise UsageError("--amp: fp16 needs --cuda (use bf16 on the CPU)")
         if runtime.eval_every is not None and not r.val_size:
             raise UsageError("--eval_every: needs --val_size (a validation split to evaluate)")
+        if runtime.test_eval == "end" and not r.val_size:
+            raise UsageError("--test_eval end: needs --val_size (the epochs before the last are then evaluated on "
+                             "the validation split only)")
         if runtime.log_trust_ratios and r.optimizer != "LARS":
             raise UsageError(f"--log_trust_ratios: needs --optimizer LARS (got {r.optimizer}: no trust ratios)")
         if runtime.noise_scale and r.amp == "fp16":

@@ -440,7 +440,9 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
             train_seconds = time.perf_counter() - started - eval_seconds
             if world_size > 1:
                 share_batchnorm_statistics(parts.model)
-            metrics = evaluate(parts.model, test_batches, parts.autocast, world_size, show_progress)
+            metrics = {}
+            if runtime.test_eval == "epoch" or epoch + 1 == recipe.epochs:
+                metrics = evaluate(parts.model, test_batches, parts.autocast, world_size, show_progress)
             # best.pt: chosen on the validation split when there is one, never on the test set then
             score = val_metrics["val_top1"] if val_batches is not None else metrics["test_top1"]
             best_top1 = max(best_top1, score)
@@ -573,8 +575,9 @@ def print_epoch(row, epochs, run_left=None):
     print(f"epoch {row['epoch']:>3}/{epochs}  last lr {row['learning_rate']:.4g}  train loss {row['train_loss']:.4f} "
           f"acc {row['train_top1']:.2f}%  "
           + (f"val loss {row['val_loss']:.4f} acc {row['val_top1']:.2f}%  " if "val_top1" in row else "")
-          + f"test loss {row['test_loss']:.4f} acc {row['test_top1']:.2f}% (top-5 {row['test_top5']:.2f}%)  "
-          f"{row['epoch_seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
+          + (f"test loss {row['test_loss']:.4f} acc {row['test_top1']:.2f}% (top-5 {row['test_top5']:.2f}%)  "
+             if "test_top1" in row else "")
+          + f"{row['epoch_seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
           + ("" if run_left is None else f"  run ETA {duration(run_left)}"), flush=True)
 
 

@@ -71,6 +71,18 @@ def test_eval_rows_come_every_k_steps_and_at_each_epoch_end(tiny_cifar10, tmp_pa
     assert params["val_size"] == 50 and params["eval_every"] == 2 and params["train_size"] == 150
 
 
+def test_test_eval_end_reads_the_test_set_once_after_the_last_epoch(tiny_cifar10, tmp_path, capsys):
+    root, _ = tiny_cifar10
+    train.main(["once", *tiny_flags(root, tmp_path, *VAL, "--test_eval", "end", epochs=3)])
+    epochs = rows(tmp_path, "once", "epoch")
+    assert [("test_top1" in r, "test_loss" in r, "val_top1" in r) for r in epochs] == \
+        [(False, False, True), (False, False, True), (True, True, True)]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert ["test loss" in line for line in lines] == [False, False, True]
+    _, params = only_trial(tmp_path, "once")
+    assert params["test_eval"] == "end" and params["finished"] is True
+
+
 @pytest.mark.slow
 def test_evaluating_changes_no_training_step(tiny_cifar10, tmp_path):
     """Evaluations between steps (with micro-batches: accumulation) leave the training bit-identical."""
@@ -152,6 +164,8 @@ def test_the_loop_reads_the_device_only_at_log_and_eval_points(tiny_cifar10, tmp
     (["--eval_every", "0"], "--eval_every: expected an integer >= 1", 2),
     (["--val_size", "50", "--eval_every", "-3"], "--eval_every: expected an integer >= 1", 2),
     (["--eval_every", "5"], "--eval_every: needs --val_size", 2),
+    (["--test_eval", "end"], "--test_eval end: needs --val_size", 2),
+    (["--val_size", "50", "--test_eval", "last"], "--test_eval", 2),
 ])
 def test_bad_validation_flags_are_one_line_errors_that_write_nothing(tiny_cifar10, tmp_path, capsys, extra, words,
                                                                      code):

@@ -17,11 +17,12 @@ fi
 # short then has both optimizers' grids at the same batch sizes.
 export OMP_NUM_THREADS=1
 status=0
-# Every trial logs the gradient noise scale; LARS trials also log each layer's trust ratio.
+# Every trial logs the gradient noise scale and reads the test set once, at its end; LARS trials also log each
+# layer's trust ratio.
 for optimizer in lars sgd; do
     extra=$([ $optimizer = lars ] && echo --log_trust_ratios)
     python train.py --config "configs/scaling_study/$optimizer.yaml" --dataroot data --logroot results/scaling_study \
-        --noise_scale $extra "scaling_$optimizer" &
+        --noise_scale --test_eval end $extra "scaling_$optimizer" &
 done
 for optimizer in lars sgd; do wait -n || status=1; done
 exit $status
