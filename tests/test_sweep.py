@@ -130,7 +130,9 @@ def test_the_scaling_study_configs_find_their_committed_trials(tmp_path):
     for optimizer in ("lars", "sgd"):
         path = os.path.join(CONFIGS, "scaling_study", f"{optimizer}.yaml")
         entries = plan_of(path, [f"scaling_{optimizer}", "--config", path, "--logroot", logroot])
-        assert len(entries) == 18  # 6 batch sizes x 3 lrs
+        # first the seed-1 grids, 6 batch sizes x 3 lrs; then what the design's rules added (next_trials.py)
+        assert len({(r.batch_size, r.lr, r.epochs, r.seed) for _, r, _, _ in entries[:18]}) == 18
+        assert len({(r.batch_size, r.lr, r.epochs, r.seed) for _, r, _, _ in entries}) == len(entries)
         assert {rt.eval_every for _, _, rt, _ in entries} == {3, 5, 10, 20, 40, 150}
         finished += sum(bool(e and e.get("finished")) for _, _, _, e in entries)
     committed = [t for name in ("scaling_lars", "scaling_sgd") for t in store.list_trials(logroot, name)
