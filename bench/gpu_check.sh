@@ -2,10 +2,11 @@
 # The project's GPU check, for ONE call of at most 9 minutes on a lent GPU machine (an H200). How to run it:
 #
 #   1. here, before the call (builds .gpu_data/cifar10-subset.zip, ~41 MB, git-ignored: 30,000 train + all
-#      10,000 test JPEG images of CIFAR-10, class-balanced, from /work/shared/data/cifar10-jpeg.zip):
+#      10,000 test JPEG images of CIFAR-10, class-balanced, from a zip of CIFAR-10 JPEGs: $CIFAR_JPEG_ZIP, by default
+#      ../shared/data/cifar10-jpeg.zip beside the repository):
 #          bash bench/gpu_check.sh prepare
 #   2. optionally, here, the same check on the CPU at tiny sizes (~1-2 minutes; catches typos):
-#          PYTHON=/work/main/.venv/bin/python bash bench/gpu_check.sh --dry-run
+#          bash bench/gpu_check.sh --dry-run        # PYTHON=... picks the interpreter (default python3)
 #   3. the device tool call:
 #          run(command="bash bench/gpu_check.sh", carry=[".gpu_data"], timeout_s=600)
 #
@@ -23,7 +24,7 @@ PY="${PYTHON:-python3}"
 
 if [ "${1:-}" = prepare ]; then
     mkdir -p .gpu_data
-    "$PY" bench/cifar_jpeg.py subset "${CIFAR_JPEG_ZIP:-/work/shared/data/cifar10-jpeg.zip}" \
+    "$PY" bench/cifar_jpeg.py subset "${CIFAR_JPEG_ZIP:-../shared/data/cifar10-jpeg.zip}" \
         .gpu_data/cifar10-subset.zip --train 30000 --test 10000 || exit 1
     du -sh .gpu_data
     exit
