@@ -117,3 +117,21 @@ def test_nothing_is_decided_while_a_configured_trial_is_missing(study):
 def test_the_target_is_the_one_the_figures_use():
     with open(os.path.join(ROOT, "configs", "scaling_study", "figures.sh")) as f:
         assert f"TARGET={next_trials.TARGET:g}\n" in f.read()
+
+
+def test_at_4096_a_target_never_reached_leads_to_the_second_horizon_not_a_growth(tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "lars.yaml").write_text(CONFIG.format(optimizer="LARS", lrs="[4.0, 8.0, 16.0]"))
+    (configs / "sgd.yaml").write_text(CONFIG.format(optimizer="SGD", lrs="[0.1, 0.2, 0.4]"))
+    logroot = str(tmp_path / "results")
+    for n, (lr, final) in enumerate(((0.1, 69.0), (0.2, 71.0), (0.4, 68.0))):  # none reaches 72.5
+        trial(logroot, "scaling_sgd", n, "SGD", 4096, lr, 14, 1, None, final)
+    report = next_trials.main(["--results", logroot, "--configs", str(configs)])
+    assert "second horizon (21 epochs) at lr 0.2 and 0.1" in section(report, "SGD", 4096)
+    assert "grows the horizon" not in section(report, "SGD", 4096)
+    for n, (lr, final) in enumerate(((0.2, 72.0), (0.1, 70.0)), start=3):  # still not at 21 epochs
+        trial(logroot, "scaling_sgd", n, "SGD", 4096, lr, 21, 1, None, final)
+    text = section(next_trials.main(["--results", logroot, "--configs", str(configs)]), "SGD", 4096)
+    assert "not reached within 210 steps (a lower bound)" in text
+    assert "best setting lr 0.2, 21 epochs: seeds 2, 3 to run" in text

@@ -6,9 +6,10 @@ For each optimizer and batch size: the seed-1 lrs of the first horizon with thei
 validation top-1, the best lr (fewest steps; ties, or no lr reaching the target, by final validation top-1), and
 the trials the design asks for next, in its order:
   1. grow the lr grid by one x2 step on the side of the best while the best is at an end of the grid;
-  2. grow the horizon x1.5 (for both optimizers) when the best reaches the target only in the last 10% of it,
-     or not at all;
-  3. at 2048 and 4096, a second horizon (x1.5) at the best lr and its better neighbour;
+  2. below 2048, grow the horizon x1.5 (for both optimizers) when the best reaches the target only in the last
+     10% of it, or not at all;
+  3. at 2048 and 4096, a second horizon (x1.5) at the best lr and its better neighbour (there it is the growth
+     of step 2; a batch size whose best over both horizons does not reach the target is reported as such);
   4. seeds 2 and 3 at the best setting over lrs and horizons.
 Then the config entries to append to configs/scaling_study/<optimizer>.yaml for them. Validation only: the test
 set plays no part. Reads the logs through plot_results (store.py); trains nothing.
@@ -87,7 +88,8 @@ def plan(optimizer, batch, trials, horizon, configured):
     trial = first[best]
     steps = plot_results.steps_to_target(plot_results._val_curve(trial), TARGET)
     total = trial["epochs"][-1]["iteration"]
-    if steps is None or steps > LATE * total:
+    # where a second horizon is run, it is the horizon's growth (docs/scaling_study.md, Revisions)
+    if (steps is None or steps > LATE * total) and batch not in SECOND_HORIZON_BATCHES:
         return lines + [f"  the best reaches the target {'not at all' if steps is None else 'late'}: the design "
                         f"grows the horizon to {grown(horizon)} epochs for both optimizers (a new first horizon: "
                         f"edit both configs' entries for this batch size)"], [(lr, grown(horizon), 1) for lr in lrs]
@@ -104,7 +106,10 @@ def plan(optimizer, batch, trials, horizon, configured):
                 todo.append(key)
         if todo:
             return lines + [f"  second horizon ({grown(horizon)} epochs) at lr {best:g} and {neighbour:g}"], todo
-    (lr, epochs), _ = min(candidates, key=lambda c: rank(c[1]))
+    (lr, epochs), chosen = min(candidates, key=lambda c: rank(c[1]))
+    if rank(chosen)[0] == 1:
+        lines.append(f"  no setting reaches the target: reported as not reached within "
+                     f"{chosen['epochs'][-1]['iteration']} steps (a lower bound), left out of the B_crit fit")
     missing = [(lr, epochs, seed) for seed in SEEDS if (lr, epochs, seed) not in done]
     if missing:
         return lines + [f"  best setting lr {lr:g}, {epochs} epochs: seeds {', '.join(str(s) for *_, s in missing)}"
