@@ -836,7 +836,8 @@ def _val_curve(trial):
 def target_points(points, target):
     """Every point (setting) with its seeds' steps-to-target: the point dict plus `reached` (steps of the
     seeds that reached it), `n_reached`, mean / median / min / max of those, `final_val` (mean final
-    validation top-1), and `all_reached`. Points without validation rows are left out."""
+    validation top-1), `all_reached`, and `rank` (on the first seed; see below). Points without validation rows
+    are left out."""
     out = []
     for p in points:
         curves = [_val_curve(t) for t in p["trials"]]
@@ -846,7 +847,12 @@ def target_points(points, target):
         finals = [c[-1][1] for c in curves if c]
         ordered = sorted(reached)
         half = len(ordered) // 2
-        out.append(dict(p, reached=reached, n_reached=len(reached), n_val=sum(1 for c in curves if c),
+        # the setting's rank, on its first seed (the seed a grid is tuned on; later seeds only report it):
+        # fewer steps to the target first; then, or when the target is not reached, higher final val top-1
+        tuning = curves[0] if curves[0] else next(c for c in curves if c)
+        tuning_steps = steps_to_target(tuning, target)
+        rank = (0, tuning_steps, -tuning[-1][1]) if tuning_steps is not None else (1, 0.0, -tuning[-1][1])
+        out.append(dict(p, rank=rank, reached=reached, n_reached=len(reached), n_val=sum(1 for c in curves if c),
                         all_reached=bool(reached) and len(reached) == sum(1 for c in curves if c),
                         steps_mean=sum(reached) / len(reached) if reached else None,
                         steps_median=(ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2)
@@ -857,17 +863,20 @@ def target_points(points, target):
 
 
 def best_per_batch(tpoints):
-    """{(optimizer, batch size): the best setting}: fewest mean steps-to-target among the settings whose every
-    seed reached the target, ties by mean final validation top-1 (validation only, never test)."""
+    """{(optimizer, batch size): the best setting}, chosen on each setting's first seed (see `target_points`'s
+    rank: fewest steps to the target, then final validation top-1; validation only, never test). Its other
+    seeds report it; `fitted` keeps those whose every seed reached the target."""
     best = {}
     for p in tpoints:
-        if not p["all_reached"]:
-            continue
         k = (p["optimizer"], p["batch_size"])
-        rank = (p["steps_mean"], -(p["final_val"] or 0))
-        if k not in best or rank < (best[k]["steps_mean"], -(best[k]["final_val"] or 0)):
+        if k not in best or p["rank"] < best[k]["rank"]:
             best[k] = p
     return best
+
+
+def fitted(best):
+    """The best settings that enter the figure and the B_crit fit: every seed reached the target."""
+    return {k: p for k, p in best.items() if p["all_reached"]}
 
 
 def fit_critical_batch(batch_sizes, steps):
@@ -928,7 +937,7 @@ def steps_to_target_table(tpoints, target):
     import csv
     import io
     best = best_per_batch(tpoints)
-    fits = critical_batch_fits(best)
+    fits = critical_batch_fits(fitted(best))
     chosen = {id(p) for p in best.values()}
     columns = ["optimizer", "batch_size", "experiment", "setting", "seeds", "reached", "steps_mean", "steps_median",
                "steps_min", "steps_max", "final_val_top1", "best"]
@@ -937,9 +946,11 @@ def steps_to_target_table(tpoints, target):
     writer.writerow(columns)
     lines = [f"# Steps to {target:g}% validation top-1", "",
              f"One row per setting; {STEPS_NOTE}. Mean, median and range over the seeds that reached the "
-             f"target; 'not reached' counts the others. Best (bold) per optimizer and batch size: fewest mean "
-             f"steps among the settings whose every seed reached the target, ties by mean final validation "
-             f"top-1 (chosen on validation, never on test).", "",
+             f"target; 'not reached' counts the others. Best (bold) per optimizer and batch size: chosen on each "
+             f"setting's first seed (the seed a grid is tuned on): fewest steps to the target, then (ties, or "
+             f"no setting reaching it) highest final validation top-1; validation only, never test. Its other "
+             f"seeds report it. The figure and the B_crit fit use the best settings whose every seed reached "
+             f"the target.", "",
              "| optimizer | batch size | experiment | setting | seeds | reached | steps mean | median | min–max | "
              "final val top-1 (%) |", "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for p in sorted(tpoints, key=lambda p: (p["optimizer"], p["batch_size"] or 0, p["experiment"],
@@ -958,13 +969,14 @@ def steps_to_target_table(tpoints, target):
                              p["steps_mean"], p["steps_median"], p["steps_min"], p["steps_max"], p["final_val"])),
                          "yes" if is_best else ""])
     lines += ["", "## Final test top-1 at each batch size's best setting", "",
-              "The setting chosen above on validation; the test set read once, at each trial's end. Mean ± "
-              "half-range over the seeds, n seeds.", "",
+              "The setting chosen above on validation; the test top-1 after each finished trial's last epoch "
+              "(unfinished trials left out). Mean ± half-range over the seeds, n seeds.", "",
               "| optimizer | batch size | setting | test top-1 (%) | n |", "| --- | ---: | --- | ---: | ---: |"]
     for (optimizer, batch), p in sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
-        test = (f"{p['mean']:.2f} ± {(p['max'] - p['min']) / 2:.2f}" if p["n_final"] > 1
-                else f"{p['mean']:.2f}" if p["mean"] is not None else "—")
-        lines.append(f"| {optimizer} | {batch} | {p['setting_label'] or '—'} | {test} | {p['n_final']} |")
+        finals = [t["final_top1"] for t in p["trials"] if t["finished"] and t["final_top1"] is not None]
+        test = "—" if not finals else f"{sum(finals) / len(finals):.2f}" + (
+            f" ± {(max(finals) - min(finals)) / 2:.2f}" if len(finals) > 1 else "")
+        lines.append(f"| {optimizer} | {batch} | {p['setting_label'] or '—'} | {test} | {len(finals)} |")
     lines += ["", "Critical batch size: S(B) = S_min (1 + B_crit / B) fitted to the best settings' mean steps "
               "(least squares on log S); 90% interval from "
               f"{BOOTSTRAP_RESAMPLES} bootstrap resamples of the seeds at each batch size.", ""]
@@ -978,15 +990,15 @@ def steps_to_target_table(tpoints, target):
 
 
 def fig_steps_to_target(tpoints, target, command, note):
-    best = best_per_batch(tpoints)
+    best = fitted(best_per_batch(tpoints))
     fits = critical_batch_fits(best)
     optimizers = sorted({o for o, _ in best})
     colours = recipe_colours(optimizers)
-    footer = [f"Each optimizer at each batch size's best setting (fewest mean steps; ties by final validation "
-              f"top-1). Points: mean over the seeds, bars: {SPREAD}, n beside each point (n=1: a single seed, "
+    footer = [f"Each optimizer at each batch size's best setting (chosen on its first seed: fewest steps, then "
+              f"final validation top-1). Points: mean over the seeds, bars: {SPREAD}, n beside each point (n=1: a single seed, "
               f"hollow). Dashed: perfect scaling (steps halve as the batch doubles) from the smallest batch. "
-              f"Dotted: the fit S(B) = S_min (1 + B_crit/B). A batch size where no setting reached the target "
-              f"for every seed is left out (steps_to_target.md lists it). {STEPS_NOTE.capitalize()}."]
+              f"Dotted: the fit S(B) = S_min (1 + B_crit/B). A batch size whose best setting did not reach the "
+              f"target with every seed is left out (steps_to_target.md lists it). {STEPS_NOTE.capitalize()}."]
     fig, ax = _figure(WIDE, 3.0, _footer(footer, command, note))
     import numpy as np
     for optimizer in optimizers:
@@ -1201,7 +1213,7 @@ def target_outputs(trials, target, command=None, note=None):
     with plt.rc_context(FONT):
         figures["steps_to_target"] = fig_steps_to_target(tpoints, target, command, note)
         if noise_rows:
-            fits = critical_batch_fits(best)
+            fits = critical_batch_fits(fitted(best))
             figures["noise_scale"] = fig_noise_scale(noise_rows, fits, target, command, note)
             texts[NOISE_TABLE] = noise_table(noise_rows, fits, target)
     return figures, texts

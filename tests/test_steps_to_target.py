@@ -151,3 +151,27 @@ def test_target_without_validation_rows_is_an_error(tmp_path, capsys):
         plot_results.main([str(tmp_path / "logs" / "plain"), "--out", str(tmp_path / "out"), "--target", "50"])
     assert "--target: no trial has validation rows" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_best_setting_is_chosen_on_the_first_seed_and_reported_over_all(tmp_path):
+    # lr 1: seed 1 needs 100 steps, seeds 2 and 3 need 140 (mean 127); lr 2: one seed, 110 steps. The grid was
+    # tuned on seed 1 (lr 1 wins there); its later seeds must not hand the choice to the single-seed lr 2
+    logroot = str(tmp_path / "logs")
+    runs = [(1.0, 1, 100), (1.0, 2, 140), (1.0, 3, 140), (2.0, 1, 110), (0.5, 1, None)]
+    for n, (lr, seed, needed) in enumerate(runs):
+        evals = curve(needed or 1e9, 300, 10)
+        params = {"arch": "AirbenchNet", "dataset": "cifar10", "optimizer": "LARS", "lr": lr, "batch_size": 512,
+                  "epochs": 3, "seed": seed, "recipe_keys": RECIPE, "trial_id": f"t{n:05d}",
+                  "start_time": f"2026-01-01T00:{n:02d}", "finished": True, "val_size": 5000}
+        rows = [{"kind": "eval", "iteration": s, "epoch": 1, "val_top1": v, "val_loss": 1.0} for s, v in evals]
+        rows.append({"kind": "epoch", "iteration": 300, "epoch": 3, "train_loss": 1.0, "test_top1": 60.0 + seed,
+                     "test_loss": 1.0, "val_top1": evals[-1][1]})
+        write_trial(logroot, "grid", params["trial_id"], params, rows)
+    out = tmp_path / "plots"
+    plot_results.main([os.path.join(logroot, "grid"), "--out", str(out), "--target", str(TARGET)])
+    with open(out / "steps_to_target.csv") as f:
+        (best,) = [r for r in csv.DictReader(f) if r["best"]]
+    assert best["setting"] == "lr=1" and best["seeds"] == "3"
+    assert float(best["steps_mean"]) == pytest.approx((100 + 140 + 140) / 3, rel=0.01)
+    text = (out / "steps_to_target.md").read_text()
+    assert "| LARS | 512 | lr=1 | 62.00 ± 1.00 | 3 |" in text  # test top-1 over its three seeds
