@@ -470,6 +470,8 @@ def _run(recipe, runtime, resume_id, rank, world_size, device):
         # a new trial stopped by the user or by memory before any checkpoint holds nothing worth keeping
         discard = (stopped or no_memory) and master and resume_id is None and not trial.saved
         if master:  # the error that stopped the run is the one to report, not a second one (a full disk)
+            if isinstance(e, Diverged):  # an outcome of the recipe, not an accident: the parameter file says so
+                trial.params["diverged"] = True
             with contextlib.suppress(store.StoreError):
                 trial.discard() if discard else trial.close(False)
         if no_memory:

@@ -33,7 +33,7 @@ CONFIG = """- &base
 STEPS_PER_EPOCH = {4096: 10, 512: 88}
 
 
-def trial(logroot, exp, n, optimizer, batch, lr, epochs, seed, reach_fraction, final):
+def trial(logroot, exp, n, optimizer, batch, lr, epochs, seed, reach_fraction, final, diverged=False):
     """A finished trial whose validation top-1 crosses the target at `reach_fraction` of its steps (None: never,
     topping out below it) and ends at `final`."""
     total = STEPS_PER_EPOCH[batch] * epochs
@@ -44,7 +44,9 @@ def trial(logroot, exp, n, optimizer, batch, lr, epochs, seed, reach_fraction, f
         top1 = final * k / 20 if reach_fraction is None else min(final, target * step / (reach_fraction * total))
         evals.append((step, top1))
     params = {"optimizer": optimizer, "lr": lr, "batch_size": batch, "epochs": epochs, "seed": seed,
-              "recipe_keys": RECIPE, "trial_id": f"t{n:04d}", "start_time": f"2026-01-01T00:{n:02d}", "finished": True}
+              "recipe_keys": RECIPE, "trial_id": f"t{n:04d}", "start_time": f"2026-01-01T00:{n:02d}", "finished": not diverged}
+    if diverged:
+        params["diverged"] = True
     rows = [{"kind": "eval", "iteration": s, "epoch": 1, "val_top1": v, "val_loss": 1.0} for s, v in evals]
     rows.append({"kind": "epoch", "iteration": total, "epoch": epochs, "train_loss": 1.0, "test_top1": 0.0,
                  "test_loss": 1.0, "val_top1": evals[-1][1]})
@@ -70,8 +72,8 @@ def study(tmp_path):
         ("scaling_sgd", "SGD", 4096, 0.4, 14, 1, None, 71.0),
         ("scaling_sgd", "SGD", 4096, 0.2, 21, 1, 0.5, 74.0),   # 105 steps, fewer than 112
         ("scaling_sgd", "SGD", 4096, 0.4, 21, 1, 0.7, 73.0),
-        ("scaling_sgd", "SGD", 512, 0.1, 4, 1, None, 70.0),      # best reaches it only in the last 10%: grow
-        ("scaling_sgd", "SGD", 512, 0.2, 4, 1, 0.95, 73.0),      # the horizon (4 -> 6 epochs)
+        ("scaling_sgd", "SGD", 512, 0.1, 4, 1, None, 70.0),      # inside the grid, in time: seeds 2 and 3
+        ("scaling_sgd", "SGD", 512, 0.2, 4, 1, 0.8, 73.0),
         ("scaling_sgd", "SGD", 512, 0.4, 4, 1, None, 69.0),
     ]
     for n, spec_ in enumerate(specs):
@@ -84,13 +86,13 @@ def section(report, optimizer, batch):
     return re.search(rf"^{optimizer}, batch {batch}:.*?(?=^\S|\Z)", text, re.S | re.M).group(0)
 
 
-def test_each_rule_of_the_design_in_its_order(study, capsys):
+def test_each_rule_of_the_design(study, capsys):
     logroot, configs = study
     report = next_trials.main(["--results", logroot, "--configs", configs])
     assert "second horizon (21 epochs) at lr 8 and 4" in section(report, "LARS", 4096)
     assert "grow it to lr 2" in section(report, "LARS", 512)
     assert "best setting lr 0.2, 21 epochs: seeds 2, 3 to run" in section(report, "SGD", 4096)
-    assert "grows the horizon to 6 epochs" in section(report, "SGD", 512)
+    assert "best setting lr 0.2, 4 epochs: seeds 2, 3 to run" in section(report, "SGD", 512)
     assert "lr 16: not reached" in section(report, "LARS", 4096)
 
 
@@ -135,3 +137,34 @@ def test_at_4096_a_target_never_reached_leads_to_the_second_horizon_not_a_growth
     text = section(next_trials.main(["--results", logroot, "--configs", str(configs)]), "SGD", 4096)
     assert "not reached within 210 steps (a lower bound)" in text
     assert "best setting lr 0.2, 21 epochs: seeds 2, 3 to run" in text
+
+
+def test_a_late_best_grows_the_horizon_for_both_optimizers(study):
+    logroot, configs = study
+    for name in ("lars", "sgd"):  # the 512 trials so far are replaced by SGD's, whose best is late
+        folder = os.path.join(logroot, f"scaling_{name}", "trials")
+        for f in [f for f in os.listdir(folder) if f.endswith("_param_map.json")]:
+            if '"batch_size": 512' in open(os.path.join(folder, f)).read():
+                os.remove(os.path.join(folder, f))
+                os.remove(os.path.join(folder, f.replace("_param_map.json", "_result.json")))
+    for n, (lr, reach, final) in enumerate(((0.1, None, 70.0), (0.2, 0.95, 73.0), (0.4, None, 69.0)), start=50):
+        trial(logroot, "scaling_sgd", n, "SGD", 512, lr, 4, 1, reach, final)
+    report = next_trials.main(["--results", logroot, "--configs", configs])
+    for optimizer in ("LARS", "SGD"):  # LARS has not even run its 512 grid: the horizon grows for it too
+        assert "the horizon grows to 6 epochs for both optimizers (SGD's best reaches the target late)" in \
+            section(report, optimizer, 512)
+    assert "batch_size: 512" not in "\n".join(report)  # an edit of both configs, not entries to append
+
+
+def test_a_diverged_trial_is_done_and_ranks_last(tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "lars.yaml").write_text(CONFIG.format(optimizer="LARS", lrs="[4.0, 8.0, 16.0]"))
+    (configs / "sgd.yaml").write_text(CONFIG.format(optimizer="SGD", lrs="[0.1, 0.2, 0.4]"))
+    logroot = str(tmp_path / "results")
+    for n, (lr, reach, final, bad) in enumerate(((4.0, None, 70.0, False), (8.0, None, 71.0, False),
+                                                 (16.0, 0.5, 75.0, True))):
+        trial(logroot, "scaling_lars", n, "LARS", 4096, lr, 14, 1, reach, final, diverged=bad)
+    text = section(next_trials.main(["--results", logroot, "--configs", str(configs)]), "LARS", 4096)
+    assert "lr 16: diverged" in text and "not finished" not in text
+    assert "second horizon (21 epochs) at lr 8 and 4" in text

@@ -159,7 +159,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_cifar10, tmp_
     err = run_expecting_error(["nan", *tiny_flags(root, tmp_path)], capsys, code=1)
     assert "training loss is nan" in err and "epoch 2" in err
     trial_dir, trial = only_trial(tmp_path, "nan")
-    assert trial["finished"] is False
+    assert trial["finished"] is False and trial["diverged"] is True
     assert torch.load(os.path.join(trial_dir, "last.pt"), weights_only=True)["epoch"] == 1
 
 

@@ -5,9 +5,10 @@
 #   bash configs/scaling_study/figures.sh              # from the repository root; writes images/scaling_study/
 #   bash configs/scaling_study/figures.sh OUT_DIR      # writes elsewhere
 set -euo pipefail
+out=$(realpath -m "${1:-$(dirname "$0")/../../images/scaling_study}")  # OUT_DIR: relative to where it is run
 cd "$(dirname "$0")/../.."
 # The validation top-1 target fixed after the pilot, before the grid (docs/scaling_study.md)
 TARGET=72.5
 python plot_results.py results/scaling_study/scaling_lars results/scaling_study/scaling_sgd \
-    --out "${1:-images/scaling_study}" --target "$TARGET" --title "Scaling study (AirbenchNet width 16, CIFAR-10)" \
+    --out "$out" --target "$TARGET" --title "Scaling study (AirbenchNet width 16, CIFAR-10)" \
     --note "2-core CPU (AMD EPYC), fp32, torch 2.14.1, one thread per trial"

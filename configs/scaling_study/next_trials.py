@@ -52,8 +52,16 @@ def grown(epochs):
     return math.ceil(epochs * 1.5)
 
 
+def diverged(trial):
+    """A trial train.py stopped on a non-finite loss (its parameter file says so): done, and ranked last."""
+    return trial["params"].get("diverged") is True
+
+
 def rank(trial):
-    """Sort key of a seed-1 trial: fewest steps to the target, then highest final validation top-1."""
+    """Sort key of a seed-1 trial: fewest steps to the target, then highest final validation top-1; a diverged
+    trial last."""
+    if diverged(trial):
+        return (2, 0.0, 0.0)
     curve = plot_results._val_curve(trial)
     steps = plot_results.steps_to_target(curve, TARGET)
     final = curve[-1][1] if curve else float("-inf")
@@ -61,38 +69,37 @@ def rank(trial):
 
 
 def plan(optimizer, batch, trials, horizon, configured):
-    """(lines describing the batch size, [(lr, epochs, seed)] to run next) for one optimizer and batch size;
-    `configured`: the (lr, epochs, seed) its config entries already ask for. Nothing is decided while one of
-    those has no finished trial (run_study.sh runs them)."""
+    """(lines describing the batch size, [(lr, epochs, seed)] to run next, the horizon the design's growth rule
+    asks for or None) for one optimizer and batch size; `configured`: the (lr, epochs, seed) its config entries
+    already ask for. Nothing is decided while one of those has no finished (or diverged) trial."""
     mine = [t for t in trials if t["params"].get("optimizer") == optimizer and t["params"].get("batch_size") == batch]
     done = {(float(t["params"]["lr"]), t["params"]["epochs"], t["params"]["seed"]): t for t in mine
-            if t["params"].get("finished")}
+            if t["params"].get("finished") or diverged(t)}
     waiting = sorted(configured - set(done))
-    lines = [f"{optimizer}, batch {batch}: horizon {horizon} epochs; {len(done)} finished trial(s)"]
+    lines = [f"{optimizer}, batch {batch}: horizon {horizon} epochs; {len(done)} finished or diverged trial(s)"]
     if waiting:
         return lines + [f"  {len(waiting)} configured trial(s) not finished (run run_study.sh): "
-                        + "; ".join(f"lr {lr:g}, {e} epochs, seed {s}" for lr, e, s in waiting)], []
+                        + "; ".join(f"lr {lr:g}, {e} epochs, seed {s}" for lr, e, s in waiting)], [], None
     first = {lr: t for (lr, epochs, seed), t in done.items() if epochs == horizon and seed == 1}
     if not first:
-        return lines + ["  no finished seed-1 trial of the first horizon"], []
+        return lines + ["  no finished seed-1 trial of the first horizon"], [], None
     for lr in sorted(first):
         steps, final = rank(first[lr])[1], -rank(first[lr])[2]
-        reached = f"{steps:.0f} steps" if rank(first[lr])[0] == 0 else "not reached"
+        reached = {0: f"{steps:.0f} steps", 1: "not reached", 2: "diverged"}[rank(first[lr])[0]]
         lines.append(f"  lr {lr:g}: {reached} to {TARGET:g}%, final val top-1 {final:.2f}")
     lrs = sorted(first)
     best = min(lrs, key=lambda lr: rank(first[lr]))
     lines.append(f"  best lr {best:g}")
     if best == lrs[0] or best == lrs[-1]:
         lr = best / 2 if best == lrs[0] else best * 2
-        return lines + [f"  its best is at an end of the grid: grow it to lr {lr:g}"], [(lr, horizon, 1)]
+        return lines + [f"  its best is at an end of the grid: grow it to lr {lr:g}"], [(lr, horizon, 1)], None
     trial = first[best]
     steps = plot_results.steps_to_target(plot_results._val_curve(trial), TARGET)
     total = trial["epochs"][-1]["iteration"]
     # where a second horizon is run, it is the horizon's growth (docs/scaling_study.md, Revisions)
     if (steps is None or steps > LATE * total) and batch not in SECOND_HORIZON_BATCHES:
-        return lines + [f"  the best reaches the target {'not at all' if steps is None else 'late'}: the design "
-                        f"grows the horizon to {grown(horizon)} epochs for both optimizers (a new first horizon: "
-                        f"edit both configs' entries for this batch size)"], [(lr, grown(horizon), 1) for lr in lrs]
+        return lines + [f"  the best reaches the target {'not at all' if steps is None else 'late'}"], [], \
+            grown(horizon)
     candidates = [((lr, horizon), first[lr]) for lr in lrs]
     todo = []
     if batch in SECOND_HORIZON_BATCHES:
@@ -105,7 +112,7 @@ def plan(optimizer, batch, trials, horizon, configured):
             else:
                 todo.append(key)
         if todo:
-            return lines + [f"  second horizon ({grown(horizon)} epochs) at lr {best:g} and {neighbour:g}"], todo
+            return lines + [f"  second horizon ({grown(horizon)} epochs) at lr {best:g} and {neighbour:g}"], todo, None
     (lr, epochs), chosen = min(candidates, key=lambda c: rank(c[1]))
     if rank(chosen)[0] == 1:
         lines.append(f"  no setting reaches the target: reported as not reached within "
@@ -113,8 +120,9 @@ def plan(optimizer, batch, trials, horizon, configured):
     missing = [(lr, epochs, seed) for seed in SEEDS if (lr, epochs, seed) not in done]
     if missing:
         return lines + [f"  best setting lr {lr:g}, {epochs} epochs: seeds {', '.join(str(s) for *_, s in missing)}"
-                        f" to run"], missing
-    return lines + [f"  complete: best setting lr {lr:g}, {epochs} epochs, seeds {', '.join(map(str, SEEDS))}"], []
+                        f" to run"], missing, None
+    return lines + [f"  complete: best setting lr {lr:g}, {epochs} epochs, seeds {', '.join(map(str, SEEDS))}"], [], \
+        None
 
 
 def entries(grid, todo):
@@ -137,23 +145,35 @@ def main(argv=None):
     parser.add_argument("--configs", default=os.path.join(ROOT, "configs", "scaling_study"),
                         help="the folder of lars.yaml and sgd.yaml (default: configs/scaling_study)")
     args = parser.parse_args(argv)
-    report = []
+    studies = {}  # optimizer: (config name, {batch size: (first entry, configured)}, trials)
     for name, optimizer in (("lars", "LARS"), ("sgd", "SGD")):
-        grids = read_grids(os.path.join(args.configs, f"{name}.yaml"))
         folder = os.path.join(args.results, f"scaling_{name}")
         try:
             trials = plot_results.read_experiment(folder) if os.path.isdir(folder) else []
-        except plot_results.ResultsError as e:
-            parser.exit(2, f"next_trials.py: error: {e}\n")
+        except plot_results.ResultsError:  # no trial has finished an epoch yet
+            trials = []
+        studies[optimizer] = (name, read_grids(os.path.join(args.configs, f"{name}.yaml")), trials)
+    plans = {(optimizer, batch): plan(optimizer, batch, trials, grids[batch][0]["epochs"], grids[batch][1])
+             for optimizer, (_, grids, trials) in studies.items() for batch in grids}
+    # the horizon grows for both optimizers when either one's best reaches the target late
+    growth = {}
+    for (optimizer, batch), (_, _, horizon) in plans.items():
+        if horizon is not None:
+            growth.setdefault(batch, (horizon, optimizer))
+    report = []
+    for optimizer, (name, grids, _) in studies.items():
         additions = []
         for batch in sorted(grids, reverse=True):
-            first_entry, configured = grids[batch]
-            lines, todo = plan(optimizer, batch, trials, first_entry["epochs"], configured)
+            lines, todo, _ = plans[(optimizer, batch)]
             report += lines
-            if todo:
-                additions.append(entries(first_entry, todo))
+            if batch in growth:
+                horizon, by = growth[batch]
+                report.append(f"  the horizon grows to {horizon} epochs for both optimizers ({by}'s best reaches the "
+                              f"target late): edit `epochs` of every batch-{batch} entry in lars.yaml and sgd.yaml")
+            elif todo:
+                additions.append(entries(grids[batch][0], todo))
         if additions:
-            report += [f"", f"append to configs/scaling_study/{name}.yaml:", *additions, ""]
+            report += ["", f"append to configs/scaling_study/{name}.yaml:", *additions, ""]
     print("\n".join(report))
     return report
 

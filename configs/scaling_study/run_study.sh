@@ -7,11 +7,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 [ -d data/cifar-10-batches-py ] || python ../shared/data/make_cifar10.py data || exit 1
+trials=()
 commit() { git add results/scaling_study && git commit -q -m "scaling study: results so far" -- results/scaling_study; }
 if [ "${1:-}" = --commit ]; then
     (while sleep 600; do commit; done) &
     committer=$!
-    trap 'kill $committer; commit' EXIT
+    # the last commit after the trials have closed their files (also on Ctrl-C)
+    trap 'wait "${trials[@]}"; kill $committer; commit' EXIT
 fi
 # The two optimizers side by side, one one-thread trial each, both from the largest batch down: a study cut
 # short then has both optimizers' grids at the same batch sizes.
@@ -23,6 +25,7 @@ for optimizer in lars sgd; do
     extra=$([ $optimizer = lars ] && echo --log_trust_ratios)
     python train.py --config "configs/scaling_study/$optimizer.yaml" --dataroot data --logroot results/scaling_study \
         --noise_scale --test_eval end $extra "scaling_$optimizer" &
+    trials+=($!)
 done
 for optimizer in lars sgd; do wait -n || status=1; done
 exit $status
