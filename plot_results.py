@@ -1285,7 +1285,9 @@ def main(argv=None):
                         help="validation top-1 (%%, 0-100) to reach: also writes steps_to_target.png/.pdf (steps "
                              "against batch size, log-log, each optimizer at each batch size's best setting, "
                              "perfect scaling, the fit S(B) = S_min (1 + B_crit/B) with a bootstrap interval), "
-                             "steps_to_target.md and .csv; needs trials run with --val_size (default: none)")
+                             "steps_to_target.md and .csv, and for trials run with --noise_scale noise_scale.png/"
+                             ".pdf/.md (B_simple over training beside B_crit); needs trials run with --val_size "
+                             "(default: none)")
     args = parser.parse_args(argv)
     if args.target is not None and not 0 <= args.target <= 100:
         parser.exit(2, f"plot_results.py: error: --target: expected a validation top-1 between 0 and 100 (%), "
