@@ -53,13 +53,18 @@ def trial(logroot, exp, n, optimizer, batch, lr, epochs, seed, reach_fraction, f
     write_trial(logroot, exp, params["trial_id"], params, rows)
 
 
-@pytest.fixture
-def study(tmp_path):
+def empty_study(tmp_path):
+    """(logroot, configs folder) of a study whose configs hold the two first grids and which has no trials."""
     configs = tmp_path / "configs"
     configs.mkdir()
     (configs / "lars.yaml").write_text(CONFIG.format(optimizer="LARS", lrs="[4.0, 8.0, 16.0]"))
     (configs / "sgd.yaml").write_text(CONFIG.format(optimizer="SGD", lrs="[0.1, 0.2, 0.4]"))
-    logroot = str(tmp_path / "results")
+    return str(tmp_path / "results"), str(configs)
+
+
+@pytest.fixture
+def study(tmp_path):
+    logroot, configs = empty_study(tmp_path)
     specs = [  # (experiment, optimizer, batch, lr, epochs, seed, reach fraction, final val top-1)
         ("scaling_lars", "LARS", 4096, 4.0, 14, 1, 0.7, 74.0),   # inside the grid, early: second horizon next
         ("scaling_lars", "LARS", 4096, 8.0, 14, 1, 0.5, 75.0),   # (best 8, better neighbour 4)
@@ -78,7 +83,7 @@ def study(tmp_path):
     ]
     for n, spec_ in enumerate(specs):
         trial(logroot, *spec_[:1], n, *spec_[1:])
-    return logroot, str(configs)
+    return logroot, configs
 
 
 def section(report, optimizer, batch):
@@ -122,19 +127,15 @@ def test_the_target_is_the_one_the_figures_use():
 
 
 def test_at_4096_a_target_never_reached_leads_to_the_second_horizon_not_a_growth(tmp_path):
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / "lars.yaml").write_text(CONFIG.format(optimizer="LARS", lrs="[4.0, 8.0, 16.0]"))
-    (configs / "sgd.yaml").write_text(CONFIG.format(optimizer="SGD", lrs="[0.1, 0.2, 0.4]"))
-    logroot = str(tmp_path / "results")
+    logroot, configs = empty_study(tmp_path)
     for n, (lr, final) in enumerate(((0.1, 69.0), (0.2, 71.0), (0.4, 68.0))):  # none reaches 72.5
         trial(logroot, "scaling_sgd", n, "SGD", 4096, lr, 14, 1, None, final)
-    report = next_trials.main(["--results", logroot, "--configs", str(configs)])
+    report = next_trials.main(["--results", logroot, "--configs", configs])
     assert "second horizon (21 epochs) at lr 0.2 and 0.1" in section(report, "SGD", 4096)
     assert "grows the horizon" not in section(report, "SGD", 4096)
     for n, (lr, final) in enumerate(((0.2, 72.0), (0.1, 70.0)), start=3):  # still not at 21 epochs
         trial(logroot, "scaling_sgd", n, "SGD", 4096, lr, 21, 1, None, final)
-    text = section(next_trials.main(["--results", logroot, "--configs", str(configs)]), "SGD", 4096)
+    text = section(next_trials.main(["--results", logroot, "--configs", configs]), "SGD", 4096)
     assert "not reached within 210 steps (a lower bound)" in text
     assert "best setting lr 0.2, 21 epochs: seeds 2, 3 to run" in text
 
@@ -157,14 +158,10 @@ def test_a_late_best_grows_the_horizon_for_both_optimizers(study):
 
 
 def test_a_diverged_trial_is_done_and_ranks_last(tmp_path):
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / "lars.yaml").write_text(CONFIG.format(optimizer="LARS", lrs="[4.0, 8.0, 16.0]"))
-    (configs / "sgd.yaml").write_text(CONFIG.format(optimizer="SGD", lrs="[0.1, 0.2, 0.4]"))
-    logroot = str(tmp_path / "results")
+    logroot, configs = empty_study(tmp_path)
     for n, (lr, reach, final, bad) in enumerate(((4.0, None, 70.0, False), (8.0, None, 71.0, False),
                                                  (16.0, 0.5, 75.0, True))):
         trial(logroot, "scaling_lars", n, "LARS", 4096, lr, 14, 1, reach, final, diverged=bad)
-    text = section(next_trials.main(["--results", logroot, "--configs", str(configs)]), "LARS", 4096)
+    text = section(next_trials.main(["--results", logroot, "--configs", configs]), "LARS", 4096)
     assert "lr 16: diverged" in text and "not finished" not in text
     assert "second horizon (21 epochs) at lr 8 and 4" in text
