@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import numbers
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -109,6 +110,13 @@ def _check_group(group: dict, location: str = "") -> None:
         raise ValueError(f"Invalid foreach{location}: {foreach!r} (expected None or a bool)")
     LarsOptions.of(group).check(location)
 
+
+def _isolate_recompiles() -> dict:
+    """``isolate_recompiles=True`` where ``torch.compile`` takes it: a cache per compiled function, so one
+    configuration's recompiles do not count against another's limit.  Older releases (2.11) reject it."""
+    parameters = inspect.signature(torch.compile).parameters.values()
+    takes_it = any(p.name == "isolate_recompiles" or p.kind is p.VAR_KEYWORD for p in parameters)
+    return {"isolate_recompiles": True} if takes_it else {}
 
 class LARS(Optimizer):
     r"""Layer-wise Adaptive Rate Scaling (You, Gitman & Ginsburg 2017, Algorithm 1).
@@ -244,8 +252,9 @@ class LARS(Optimizer):
         float64 tensor, refilled every step: a Python float would be a constant
         of the graph and recompile whenever a scheduler changes it.  The other
         hyper-parameters are constants: each configuration of them (and of
-        ``foreach``) gets its own compiled function (``isolate_recompiles``),
-        which recompiles when the tensors with a gradient change (number,
+        ``foreach``) gets its own compiled function (``isolate_recompiles``;
+        torch releases without it, such as 2.11, share one cache and torch's
+        recompile limit among them), which recompiles when the tensors with a gradient change (number,
         shapes, strides, dtypes).  Past 8 configurations in one optimizer (e.g.
         a momentum schedule) new ones run eagerly, with a warning.  Shapes are
         static by default: with automatic dynamic shapes the second
@@ -264,7 +273,7 @@ class LARS(Optimizer):
                               f"other than lr; this one runs eagerly")
                 update = lars
             else:
-                update = torch.compile(lars, fullgraph=True, isolate_recompiles=True, **self._compile_options)
+                update = torch.compile(lars, fullgraph=True, **_isolate_recompiles(), **self._compile_options)
             self._compiled[key] = update
         return update
 

@@ -820,6 +820,25 @@ def test_compile_options_go_to_torch_compile(monkeypatch, user_options):
     assert not torch.equal(p.detach(), torch.ones(3))
 
 
+def test_compile_on_a_torch_without_isolate_recompiles(monkeypatch):
+    # torch 2.11's torch.compile has no isolate_recompiles and rejects it (found on the GPU machine)
+    seen = []
+
+    def compile_of_torch_2_11(model=None, *, fullgraph=False, dynamic=None, backend="inductor", mode=None,
+                              options=None, disable=False):
+        seen.append(dict(fullgraph=fullgraph, dynamic=dynamic, backend=backend))
+        return model
+
+    monkeypatch.setattr(torch, "compile", compile_of_torch_2_11)
+    p = torch.ones(3, requires_grad=True)
+    opt = LARS([p], lr=0.1)
+    opt.compile(backend="eager")
+    p.grad = torch.ones(3)
+    opt.step()
+    assert seen == [{"fullgraph": True, "dynamic": False, "backend": "eager"}]
+    assert not torch.equal(p.detach(), torch.ones(3))
+
+
 def test_compiled_configurations_past_the_limit_run_eagerly(monkeypatch):
     # a momentum schedule compiles a function per value: past 8 in one optimizer new values run eagerly
     compiled = []
