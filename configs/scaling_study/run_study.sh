@@ -21,10 +21,20 @@ export OMP_NUM_THREADS=1
 status=0
 # Every trial logs the gradient noise scale and reads the test set once, at its end; LARS trials also log each
 # layer's trust ratio.
+# A lane reads its config when a pass starts: entries appended during the pass (next_trials.py's rules) run in
+# a next pass, which it starts while its config keeps changing.
+lane() {
+    local optimizer=$1 config="configs/scaling_study/$1.yaml" extra=() stamp
+    [ "$optimizer" = lars ] && extra=(--log_trust_ratios)
+    while :; do
+        stamp=$(stat -c %Y "$config")
+        python train.py --config "$config" --dataroot data --logroot results/scaling_study \
+            --noise_scale --test_eval end "${extra[@]}" "scaling_$optimizer" || return
+        [ "$(stat -c %Y "$config")" = "$stamp" ] && return
+    done
+}
 for optimizer in lars sgd; do
-    extra=$([ $optimizer = lars ] && echo --log_trust_ratios)
-    python train.py --config "configs/scaling_study/$optimizer.yaml" --dataroot data --logroot results/scaling_study \
-        --noise_scale --test_eval end $extra "scaling_$optimizer" &
+    lane $optimizer &
     trials+=($!)
 done
 for optimizer in lars sgd; do wait -n || status=1; done
