@@ -833,27 +833,39 @@ def _val_curve(trial):
             if _finite(r.get("iteration")) and _finite(r.get("val_top1"))]
 
 
+def _decided(trial):
+    """Whether a trial's outcome can no longer change: it finished, or a NaN/inf loss stopped it."""
+    return trial["finished"] or trial["diverged_epoch"] is not None or trial["params"].get("diverged") is True
+
+
 def target_points(points, target):
     """Every point (setting) with its seeds' steps-to-target: the point dict plus `reached` (steps of the
-    seeds that reached it), `n_reached`, mean / median / min / max of those, `final_val` (mean final
-    validation top-1), `all_reached`, and `rank` (on the first seed; see below). Points without validation rows
-    are left out."""
+    seeds that reached it), `n_reached`, `n_val` (seeds counted), `n_running` (seeds still running, or stopped
+    early, that have not reached the target: not counted yet), mean / median / min / max of the steps,
+    `final_val` (mean final validation top-1 of the seeds that ended), `all_reached`, and `rank` (on the first
+    seed; see below; None while that seed is not counted). Points without validation rows are left out."""
     out = []
     for p in points:
-        curves = [_val_curve(t) for t in p["trials"]]
-        if not any(curves):
+        seeds = [(t, c, steps_to_target(c, target)) for t, c in ((t, _val_curve(t)) for t in p["trials"]) if c]
+        if not seeds:
             continue
-        reached = [s for s in (steps_to_target(c, target) for c in curves if c) if s is not None]
-        finals = [c[-1][1] for c in curves if c]
+        # a seed counts once it reached the target (its first crossing cannot change) or once it ended
+        counted = [(t, c, s) for t, c, s in seeds if s is not None or _decided(t)]
+        reached = [s for _, _, s in counted if s is not None]
+        finals = [c[-1][1] for t, c, _ in counted if _decided(t)]
         ordered = sorted(reached)
         half = len(ordered) // 2
         # the setting's rank, on its first seed (the seed a grid is tuned on; later seeds only report it):
         # fewer steps to the target first; then, or when the target is not reached, higher final val top-1
-        tuning = curves[0] if curves[0] else next(c for c in curves if c)
-        tuning_steps = steps_to_target(tuning, target)
-        rank = (0, tuning_steps, -tuning[-1][1]) if tuning_steps is not None else (1, 0.0, -tuning[-1][1])
-        out.append(dict(p, rank=rank, reached=reached, n_reached=len(reached), n_val=sum(1 for c in curves if c),
-                        all_reached=bool(reached) and len(reached) == sum(1 for c in curves if c),
+        tuning = seeds[0]
+        rank = None
+        if tuning[2] is not None:
+            rank = (0, tuning[2], -tuning[1][-1][1])
+        elif _decided(tuning[0]):
+            rank = (1, 0.0, -tuning[1][-1][1])
+        out.append(dict(p, rank=rank, reached=reached, n_reached=len(reached), n_val=len(counted),
+                        n_running=len(seeds) - len(counted),
+                        all_reached=bool(reached) and len(reached) == len(counted),
                         steps_mean=sum(reached) / len(reached) if reached else None,
                         steps_median=(ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2)
                         if ordered else None,
@@ -864,10 +876,11 @@ def target_points(points, target):
 
 def best_per_batch(tpoints):
     """{(optimizer, batch size): the best setting}, chosen on each setting's first seed (see `target_points`'s
-    rank: fewest steps to the target, then final validation top-1; validation only, never test). Its other
-    seeds report it; `fitted` keeps those whose every seed reached the target."""
+    rank: fewest steps to the target, then final validation top-1; validation only, never test), among the
+    settings whose first seed counts. Its other seeds report it; `fitted` keeps those whose every counted seed
+    reached the target."""
     best = {}
-    for p in tpoints:
+    for p in (p for p in tpoints if p["rank"] is not None):
         k = (p["optimizer"], p["batch_size"])
         if k not in best or p["rank"] < best[k]["rank"]:
             best[k] = p
@@ -897,7 +910,10 @@ def fit_critical_batch(batch_sizes, steps):
 
 def bootstrap_critical_batch(seed_steps, resamples=BOOTSTRAP_RESAMPLES, seed=0):
     """90% interval (5th, 95th percentile) of B_crit over resamples of the seeds at each batch size (with
-    replacement; the fit on the resampled means). `seed_steps`: {batch size: [steps of each seed]}."""
+    replacement; the fit on the resampled means). `seed_steps`: {batch size: [steps of each seed]}. None with
+    one seed at every batch size: resampling cannot vary anything, and a zero-width interval would say otherwise."""
+    if all(len(steps) < 2 for steps in seed_steps.values()):
+        return None
     import random
     rng = random.Random(seed)
     sizes = sorted(seed_steps)
@@ -946,8 +962,9 @@ def steps_to_target_table(tpoints, target):
     writer.writerow(columns)
     lines = [f"# Steps to {target:g}% validation top-1", "",
              f"One row per setting; {STEPS_NOTE}. Mean, median and range over the seeds that reached the "
-             f"target; 'not reached' counts the others. Best (bold) per optimizer and batch size: chosen on each "
-             f"setting's first seed (the seed a grid is tuned on): fewest steps to the target, then (ties, or "
+             f"target; 'not reached' counts the others that ended; 'running' counts seeds still running (or "
+             f"stopped early) that have not reached it yet: they are not counted. Best (bold) per optimizer and "
+             f"batch size: chosen on each setting's first seed (the seed a grid is tuned on): fewest steps to the target, then (ties, or "
              f"no setting reaching it) highest final validation top-1; validation only, never test. Its other "
              f"seeds report it. The figure and the B_crit fit use the best settings whose every seed reached "
              f"the target.", "",
@@ -956,9 +973,10 @@ def steps_to_target_table(tpoints, target):
     for p in sorted(tpoints, key=lambda p: (p["optimizer"], p["batch_size"] or 0, p["experiment"],
                                              tuple(_order(setting_value(p, k)) for k, _ in p["setting"]))):
         is_best = id(p) in chosen
-        reached = f"{p['n_reached']}/{p['n_val']}" + ("" if p["all_reached"] else
-                                                       f" ({p['n_val'] - p['n_reached']} not reached)")
-        mean = _compact(p["steps_mean"]) if p["n_reached"] else "not reached"
+        reached = f"{p['n_reached']}/{p['n_val']}" + ("" if p["all_reached"] or not p["n_val"] else
+                                                       f" ({p['n_val'] - p['n_reached']} not reached)") + (
+            f" ({p['n_running']} running)" if p["n_running"] else "")
+        mean = _compact(p["steps_mean"]) if p["n_reached"] else "not reached" if p["n_val"] else "running"
         cells = [p["optimizer"], p["batch_size"], p["experiment"], p["setting_label"] or "—", p["n"], reached,
                  f"**{mean}**" if is_best else mean, _compact(p["steps_median"]),
                  f"{_compact(p['steps_min'])}–{_compact(p['steps_max'])}" if p["n_reached"] > 1 else "—",

@@ -175,3 +175,42 @@ def test_the_best_setting_is_chosen_on_the_first_seed_and_reported_over_all(tmp_
     assert float(best["steps_mean"]) == pytest.approx((100 + 140 + 140) / 3, rel=0.01)
     text = (out / "steps_to_target.md").read_text()
     assert "| LARS | 512 | lr=1 | 62.00 ± 1.00 | 3 |" in text  # test top-1 over its three seeds
+
+
+def write_grid(logroot, runs):
+    """runs: [(lr, seed, steps needed or None, finished)]: one trial each, evaluations every 10 steps to step
+    300 (a finished trial) or to step 100 (one still running, or stopped early)."""
+    for n, (lr, seed, needed, finished) in enumerate(runs):
+        evals = curve(needed or 1e9, 300 if finished else 100, 10)
+        params = {"arch": "AirbenchNet", "dataset": "cifar10", "optimizer": "LARS", "lr": lr, "batch_size": 512,
+                  "epochs": 3, "seed": seed, "recipe_keys": RECIPE, "trial_id": f"t{n:05d}",
+                  "start_time": f"2026-01-01T00:{n:02d}", "finished": finished, "val_size": 5000}
+        rows = [{"kind": "eval", "iteration": s, "epoch": 1, "val_top1": v, "val_loss": 1.0} for s, v in evals]
+        rows.append({"kind": "epoch", "iteration": evals[-1][0], "epoch": 3 if finished else 1, "train_loss": 1.0,
+                     "test_top1": 60.0, "test_loss": 1.0, "val_top1": evals[-1][1]})
+        write_trial(logroot, "grid", params["trial_id"], params, rows)
+    return os.path.join(logroot, "grid")
+
+
+def test_a_running_trial_counts_once_it_reaches_the_target(tmp_path):
+    # lr 1: finished, 200 steps. lr 2: still running at step 100, below the target: not "not reached" and not a
+    # candidate. lr 4: running, but it crossed the target at step 80: that crossing is final, and it wins.
+    # Seed 2 of lr 1: running, below the target: the setting's seeds count 1 of 2.
+    runs = [(1.0, 1, 200, True), (2.0, 1, 250, False), (4.0, 1, 80, False), (1.0, 2, 210, False)]
+    experiment = write_grid(str(tmp_path / "logs"), runs)
+    trials = [plot_results.summarize(t) for t in plot_results.read_all([experiment])]
+    points = plot_results.target_points(plot_results.group_points(trials), TARGET)
+    by_lr = {p["setting_label"]: p for p in points}
+    assert (by_lr["lr=1"]["n_val"], by_lr["lr=1"]["n_running"], by_lr["lr=1"]["all_reached"]) == (1, 1, True)
+    assert by_lr["lr=2"]["rank"] is None and by_lr["lr=2"]["n_val"] == 0 and by_lr["lr=2"]["final_val"] is None
+    assert by_lr["lr=4"]["steps_mean"] == pytest.approx(80.0)
+    (best,) = plot_results.best_per_batch(points).values()
+    assert best["setting_label"] == "lr=4"
+    text, _ = plot_results.steps_to_target_table(points, TARGET)
+    assert "| LARS | 512 | grid | lr=2 | 1 | 0/0 (1 running) | running |" in text
+
+
+def test_no_bootstrap_interval_from_one_seed_per_batch_size():
+    assert plot_results.bootstrap_critical_batch({64: [1000.0], 512: [300.0], 4096: [120.0]}) is None
+    low, high = plot_results.bootstrap_critical_batch({64: [1000.0, 1100.0], 512: [300.0, 280.0], 4096: [120.0]})
+    assert low < high
