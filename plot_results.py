@@ -12,6 +12,7 @@ Each argument is an experiment folder (LOGROOT/EXPERIMENT, one config). Writes i
   results_table.md               one row per (experiment, batch size, setting)
   trust_ratios.png/.pdf, .md     with trials run with --log_trust_ratios: LARS's trust ratio per layer over
                                  steps, and ||w||, ||g||, their ratio per layer at the first and last logged step
+                                 (with --target: at the smallest and largest batch size's best setting)
   steps_to_target.png/.pdf, .md, .csv   with --target T (trials run with --val_size): optimizer steps to T%
                                  validation top-1 against batch size (see --help)
   noise_scale.png/.pdf, .md      with --target T and trials run with --noise_scale: the gradient noise scale
@@ -714,9 +715,9 @@ def _safe(name):
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
-def build_figures(trials, command=None, note=None):
+def build_figures(trials, command=None, note=None, target=None):
     """Summarized-or-raw trial dicts (as read_experiment returns) -> {file stem: Figure}, nothing saved.
-    The caller saves and closes them (save_figures)."""
+    The caller saves and closes them (save_figures). `target`: trust ratios at the best settings by steps to it."""
     points = group_points([t if "recipe" in t else summarize(t) for t in trials])
     plotted = [t for p in points for t in p["trials"]]
     colours = recipe_colours({p["experiment"] for p in points})
@@ -727,8 +728,9 @@ def build_figures(trials, command=None, note=None):
                    "train_loss": fig_train_loss(points, colours, scale, command, note)}
         for key, panels in sweeps(points).items():
             figures[f"setting_{_safe(key)}"] = fig_setting(key, panels, colours, points, command, note)
-        if trust_trials(points):
-            figures["trust_ratios"] = fig_trust_ratios(trust_trials(points), command, note)
+        pairs = trust_trials(points, target)
+        if pairs:
+            figures["trust_ratios"] = fig_trust_ratios(pairs, command, note, target)
     return figures
 
 
@@ -737,10 +739,21 @@ def build_figures(trials, command=None, note=None):
 TRUST_TABLE = "trust_ratios.md"
 
 
-def trust_trials(points):
-    """[(point, trial)]: for each line point (as drawn in the other figures) its first seed with trust rows."""
+def trust_trials(points, target=None):
+    """[(point, trial)]: for each line point (as drawn in the other figures) its first seed with trust rows.
+    With a `target`: the smallest and the largest batch size of each experiment, each at its best setting by
+    steps to the target (`best_per_batch`), first seed with trust rows: LARS at small and at large batch."""
+    if target is None:
+        chosen = line_points(points)
+    else:
+        with_rows = [p for p in best_per_batch(target_points(points, target)).values()
+                     if any(t.get("trust") for t in p["trials"])]
+        chosen = []
+        for experiment in sorted({p["experiment"] for p in with_rows}):
+            ps = sorted((p for p in with_rows if p["experiment"] == experiment), key=lambda p: p["batch_size"])
+            chosen += ps[:1] + ps[1:][-1:]  # the two ends (one when there is one)
     out = []
-    for p in line_points(points):
+    for p in chosen:
         t = next((t for t in p["trials"] if t.get("trust")), None)
         if t is not None:
             out.append((p, t))
@@ -751,16 +764,19 @@ def _layer_series(trial, layer, key):
     return [(r["iteration"], r[key][r["layers"].index(layer)]) for r in trial["trust"] if layer in r["layers"]]
 
 
-def fig_trust_ratios(pairs, command, note):
+def fig_trust_ratios(pairs, command, note, target=None):
     n = len(pairs)
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)
     footer = ["The trust ratio lambda LARS used for each adapted layer (its own computation, logged every "
               "--log_interval steps), one line per layer, colour from the first layer (dark) to the last (light). "
-              "One panel per experiment and batch size (its best setting, first seed with these rows); "
-              "trust_ratios.md gives ||w||, ||grad w|| and their ratio per layer at the start and end."]
+              + ("One panel per experiment and batch size (its best setting, first seed with these rows); "
+                 if target is None else
+                 f"The smallest and the largest batch size with these rows, each at its best setting by steps to "
+                 f"{target:g}% validation top-1 (first seed with these rows); ")
+              + "trust_ratios.md gives ||w||, ||grad w|| and their ratio per layer at the start and end."]
     fig, axes = _figure(max(3.5, 2.33 * ncols), 2.0 * nrows, _footer(footer, command, note), ncols=ncols,
-                        nrows=nrows, squeeze=False)
+                        nrows=nrows, squeeze=False, sharey=True)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     cmap = plt.get_cmap("viridis")
@@ -1244,13 +1260,13 @@ def write_all(trials, out_dir, command=None, note=None, title=None, target=None)
     if target is not None:
         figures, texts = target_outputs(trials, target, command, note)
     try:
-        figures.update(build_figures(trials, command, note))  # may raise ResultsError: before anything is written
+        figures.update(build_figures(trials, command, note, target))  # may raise ResultsError: before anything is written
     except BaseException:
         for fig in figures.values():
             plt.close(fig)
         raise
     texts[TABLE] = results_table(trials, title)
-    pairs = trust_trials(group_points([t if "recipe" in t else summarize(t) for t in trials]))
+    pairs = trust_trials(group_points([t if "recipe" in t else summarize(t) for t in trials]), target)
     if pairs:
         texts[TRUST_TABLE] = trust_table(pairs)
     try:

@@ -214,3 +214,30 @@ def test_no_bootstrap_interval_from_one_seed_per_batch_size():
     assert plot_results.bootstrap_critical_batch({64: [1000.0], 512: [300.0], 4096: [120.0]}) is None
     low, high = plot_results.bootstrap_critical_batch({64: [1000.0, 1100.0], 512: [300.0, 280.0], 4096: [120.0]})
     assert low < high
+
+
+def test_with_a_target_trust_ratios_are_drawn_at_the_smallest_and_largest_batch_best_settings(tmp_path):
+    # batches 64 / 512 / 4096, lr 1 (reaches the target first) and lr 2 (later); every trial logs trust rows
+    # except batch 4096's lr 2: the panels are 64 and 4096 at lr 1, and the table names them
+    logroot, n = str(tmp_path / "logs"), 0
+    for b in (64, 512, 4096):
+        for lr, needed in ((1.0, 100), (2.0, 150)):
+            params = {"arch": "AirbenchNet", "dataset": "cifar10", "optimizer": "LARS", "lr": lr, "batch_size": b,
+                      "epochs": 3, "seed": 1, "recipe_keys": RECIPE, "trial_id": f"t{n:05d}",
+                      "start_time": f"2026-01-01T00:{n:02d}", "finished": True, "val_size": 5000}
+            rows = [{"kind": "eval", "iteration": s, "epoch": 1, "val_top1": v, "val_loss": 1.0}
+                    for s, v in curve(needed, 300, 10)]
+            if (b, lr) != (4096, 2.0):
+                rows += [{"kind": "trust", "iteration": s, "layers": ["conv", "head"], "weight_norm": [2.0, 1.0],
+                          "grad_norm": [0.5, 0.25], "trust_ratio": [0.001 * b, 0.002 * b]} for s in (10, 300)]
+                rows.sort(key=lambda r: r["iteration"])  # in step order, as a trial writes them
+            rows.append({"kind": "epoch", "iteration": 300, "epoch": 3, "train_loss": 1.0, "test_top1": 60.0,
+                         "test_loss": 1.0, "val_top1": 60.0})
+            write_trial(logroot, "grid", params["trial_id"], params, rows)
+            n += 1
+    out = tmp_path / "plots"
+    written = plot_results.main([os.path.join(logroot, "grid"), "--out", str(out), "--target", str(TARGET)])
+    assert str(out / "trust_ratios.png") in written
+    headings = [line for line in (out / "trust_ratios.md").read_text().splitlines() if line.startswith("## ")]
+    assert headings == ["## grid, batch 64 (lr=1), seed 1: steps 10 and 300",
+                        "## grid, batch 4096 (lr=1), seed 1: steps 10 and 300"]
