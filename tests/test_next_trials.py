@@ -150,11 +150,23 @@ def test_a_late_best_grows_the_horizon_for_both_optimizers(study):
                 os.remove(os.path.join(folder, f.replace("_param_map.json", "_result.json")))
     for n, (lr, reach, final) in enumerate(((0.1, None, 70.0), (0.2, 0.95, 73.0), (0.4, None, 69.0)), start=50):
         trial(logroot, "scaling_sgd", n, "SGD", 512, lr, 4, 1, reach, final)
+    text = "\n".join(next_trials.main(["--results", logroot, "--configs", configs]))
+    for optimizer, lrs in (("LARS", "4 / 8 / 16"), ("SGD", "0.1 / 0.2 / 0.4")):  # LARS has not run its 512 grid
+        assert ("the horizon grows to 6 epochs for both optimizers (SGD's best reaches the target late): its "
+                f"seed-1 grid again at 6 epochs, lr {lrs}") in section(text.splitlines(), optimizer, 512)
+    # the grown grid is appended to both configs (the 4-epoch entries stay: the configs hold every trial run)
+    for name, lrs in (("lars", [4.0, 8.0, 16.0]), ("sgd", [0.1, 0.2, 0.4])):
+        added = text.split(f"append to configs/scaling_study/{name}.yaml:\n")[1].split("\n\n")[0]
+        with open(os.path.join(configs, f"{name}.yaml"), "a") as f:
+            f.write(added + "\n")
+        with open(os.path.join(configs, f"{name}.yaml")) as f:
+            entry = [e for e in yaml.safe_load(f) if e["batch_size"] == 512][-1]
+        assert (entry["epochs"], entry["lr"], entry["seed"], entry["warmup_fraction"]) == (6, lrs, 1, 0.05)
+    # from then on the batch size's horizon is the grown one, and its new grid is awaited
     report = next_trials.main(["--results", logroot, "--configs", configs])
-    for optimizer in ("LARS", "SGD"):  # LARS has not even run its 512 grid: the horizon grows for it too
-        assert "the horizon grows to 6 epochs for both optimizers (SGD's best reaches the target late)" in \
-            section(report, optimizer, 512)
-    assert "batch_size: 512" not in "\n".join(report)  # an edit of both configs, not entries to append
+    assert section(report, "SGD", 512).startswith("SGD, batch 512: horizon 6 epochs")
+    assert "3 configured trial(s) not finished (run run_study.sh): lr 0.1, 6 epochs, seed 1" in \
+        section(report, "SGD", 512)
 
 
 def test_a_diverged_trial_is_done_and_ranks_last(tmp_path):

@@ -7,7 +7,8 @@ validation top-1, the best lr (fewest steps; ties, or no lr reaching the target,
 the trials the design asks for next, in its order:
   1. grow the lr grid by one x2 step on the side of the best while the best is at an end of the grid;
   2. below 2048, grow the horizon x1.5 (for both optimizers) when the best reaches the target only in the last
-     10% of it, or not at all;
+     10% of it, or not at all: the seed-1 grid again at the grown horizon, appended (the shorter one's entries
+     stay, so that the configs still hold every trial run); a batch size's horizon is its longest entry's;
   3. at 2048 and 4096, a second horizon (x1.5) at the best lr and its better neighbour (there it is the growth
      of step 2; a batch size whose best over both horizons does not reach the target is reported as such);
   4. seeds 2 and 3 at the best setting over lrs and horizons.
@@ -34,8 +35,9 @@ ENTRY_KEYS = ("batch_size", "epochs", "warmup_fraction", "max_samples_per_gpu", 
 
 
 def read_grids(path):
-    """{batch size: (its first config entry, the set of (lr, epochs, seed) its entries configure)} of one study
-    config (the entries resolved: *base merged)."""
+    """{batch size: (its first config entry, the set of (lr, epochs, seed) its entries configure, its horizon)}
+    of one study config (the entries resolved: *base merged). The horizon: the longest entry's epochs (a grown
+    horizon's grid is appended), except at 2048 and 4096, where the longer entries are the second horizon."""
     with open(path) as f:
         entries = yaml.safe_load(f)
     grids = {}
@@ -44,7 +46,9 @@ def read_grids(path):
         lrs = entry["lr"] if isinstance(entry["lr"], list) else [entry["lr"]]
         seeds = entry["seed"] if isinstance(entry["seed"], list) else [entry["seed"]]
         configured.update((float(lr), entry["epochs"], seed) for lr in lrs for seed in seeds)
-    return grids
+    return {batch: (first, configured, first["epochs"] if batch in SECOND_HORIZON_BATCHES else
+                    max(epochs for _, epochs, _ in configured))
+            for batch, (first, configured) in grids.items()}
 
 
 def grown(epochs):
@@ -145,7 +149,7 @@ def main(argv=None):
     parser.add_argument("--configs", default=os.path.join(ROOT, "configs", "scaling_study"),
                         help="the folder of lars.yaml and sgd.yaml (default: configs/scaling_study)")
     args = parser.parse_args(argv)
-    studies = {}  # optimizer: (config name, {batch size: (first entry, configured)}, trials)
+    studies = {}  # optimizer: (config name, {batch size: (first entry, configured, horizon)}, trials)
     for name, optimizer in (("lars", "LARS"), ("sgd", "SGD")):
         folder = os.path.join(args.results, f"scaling_{name}")
         try:
@@ -153,7 +157,7 @@ def main(argv=None):
         except plot_results.ResultsError:  # no trial has finished an epoch yet
             trials = []
         studies[optimizer] = (name, read_grids(os.path.join(args.configs, f"{name}.yaml")), trials)
-    plans = {(optimizer, batch): plan(optimizer, batch, trials, grids[batch][0]["epochs"], grids[batch][1])
+    plans = {(optimizer, batch): plan(optimizer, batch, trials, grids[batch][2], grids[batch][1])
              for optimizer, (_, grids, trials) in studies.items() for batch in grids}
     # the horizon grows for both optimizers when either one's best reaches the target late
     growth = {}
@@ -168,8 +172,12 @@ def main(argv=None):
             report += lines
             if batch in growth:
                 horizon, by = growth[batch]
+                first, configured, current = grids[batch]
+                grid = sorted({lr for lr, epochs, seed in configured if epochs == current and seed == 1})
+                lrs = " / ".join(f"{lr:g}" for lr in grid)
                 report.append(f"  the horizon grows to {horizon} epochs for both optimizers ({by}'s best reaches the "
-                              f"target late): edit `epochs` of every batch-{batch} entry in lars.yaml and sgd.yaml")
+                              f"target late): its seed-1 grid again at {horizon} epochs, lr {lrs}")
+                additions.append(entries(first, [(lr, horizon, 1) for lr in grid]))
             elif todo:
                 additions.append(entries(grids[batch][0], todo))
         if additions:
