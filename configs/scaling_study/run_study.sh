@@ -8,7 +8,11 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 [ -d data/cifar-10-batches-py ] || python ../shared/data/make_cifar10.py data || exit 1
 trials=()
-commit() { git add results/scaling_study && git commit -q -m "scaling study: results so far" -- results/scaling_study; }
+# (git add retried: a trial stopped before its first checkpoint removes its files while git lists them)
+commit() {
+    git add results/scaling_study || { sleep 5; git add results/scaling_study; } || return
+    git commit -q -m "scaling study: results so far" -- results/scaling_study
+}
 if [ "${1:-}" = --commit ]; then
     (while sleep 600; do commit; done) &
     committer=$!
