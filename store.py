@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import subprocess
@@ -30,6 +31,8 @@ METADATA_FOLDER = "trials"
 PARAMS_SUFFIX = "param_map.json"
 RESULT_SUFFIX = "result.json"
 LOCK_NAME = ".writer.lock"
+# LOGROOT/EXPERIMENT/.claims/<recipe digest>.lock: which sweep runs which grid point (see `claim`)
+CLAIMS_FOLDER = ".claims"
 
 
 class StoreError(Exception):
@@ -393,16 +396,8 @@ def open_trial(logroot, experimentname, params, resume_id=None, keep_until_step=
     metadata = os.path.join(experiment_dir(logroot, experimentname), METADATA_FOLDER)
     created = []
     try:
-        missing, path = [], os.path.abspath(logroot)
-        while not os.path.isdir(path):  # --logroot and any of its parents not there yet
-            missing.insert(0, path)
-            path = os.path.dirname(path)
-        for path in (*missing, experiment_dir(logroot, experimentname), metadata, folder):
-            try:
-                os.mkdir(path)
-                created.append(path)
-            except FileExistsError:  # there already, or made by a trial starting beside this one
-                pass
+        _make_folders(metadata, created)
+        _make_folders(folder, created)
         lock_file = _lock(os.path.join(folder, LOCK_NAME), trial_id)
     except OSError as e:
         _undo(created)
@@ -439,6 +434,56 @@ def open_trial(logroot, experimentname, params, resume_id=None, keep_until_step=
             raise _io_error(results_path, e) from None
         raise
     return Trial(logroot, experimentname, trial_id, params, lock_file, results_file, created)
+
+
+@contextlib.contextmanager
+def claim(logroot, experimentname, recipe_json):
+    """Held by a sweep while it runs one grid point (one recipe) of the experiment, so that sweeps run side by
+    side over one config share its points instead of running one twice. Yields True when this process holds
+    the claim, False when another process does. An OS-level lock, released by the kernel when its process dies;
+    the folders made for it are removed again when the experiment has no trial afterwards (a trial that failed
+    to start leaves nothing behind)."""
+    folder = os.path.join(experiment_dir(logroot, experimentname), CLAIMS_FOLDER)
+    path = os.path.join(folder, hashlib.sha1(json.dumps(recipe_json, sort_keys=True).encode()).hexdigest()[:16]
+                        + ".lock")
+    created = []
+    try:
+        _make_folders(folder, created)
+        handle = open(path, "a")
+    except OSError as e:
+        _undo(created)
+        raise _io_error(path, e) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held = True
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            handle.close()
+            raise _io_error(path, e) from None
+        held = False
+    try:
+        yield held
+    finally:
+        handle.close()
+        if created and not list_trials(logroot, experimentname):
+            _remove_quietly(path)
+            _undo(created)
+
+
+def _make_folders(path, created):
+    """Make `path` and whichever of its parents are missing, appending each folder made here to `created`
+    (outermost first; one made meanwhile by a process starting beside this one is not ours)."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.isdir(path):
+        missing.insert(0, path)
+        path = os.path.dirname(path)
+    for path in missing:
+        try:
+            os.mkdir(path)
+            created.append(path)
+        except FileExistsError:
+            pass
 
 
 def _undo(created):

@@ -16,7 +16,9 @@ observed (`eval_every`, `log_interval`: counted in steps, so a grid may set them
 command line overrides the config for every trial (e.g. `--epochs 2` for a smoke run).
 
 All trials go into one experiment. Re-running the same command skips the finished trials and resumes the
-unfinished ones from their checkpoints: a grid point is the trial whose logged recipe is the same.
+unfinished ones from their checkpoints: a grid point is the trial whose logged recipe is the same. Sweeps of
+one config may run side by side (two machines sharing the logroot, or a second process): each grid point is
+claimed by the sweep that runs it, and the others leave it to that one.
 
 `--trials_per_gpu N` runs up to N trials at once, each in its own process (small-batch trials alone leave a
 GPU idle) with 1/N of the CPU threads (unless OMP_NUM_THREADS is set). `--ray` runs them through Ray Tune, one trial per worker with 1 CPU and `--gpus_per_trial` GPUs:
@@ -220,10 +222,21 @@ def grid_entries(config_path, recipe, runtime, given):
 # ---------------------------------------------------------------- running
 
 def _run_one(recipe_json, runtime_json, resume_id):
-    """One trial in a worker process; errors come back as (type name, message)."""
+    """One trial in a worker process; errors come back as (type name, message).
+
+    The trial runs under the sweep's claim on its grid point (store.claim): a point claimed by another sweep
+    over the same experiment is left to it, and one that another sweep started or finished since this sweep
+    listed the trials is resumed or skipped, so that two sweeps side by side never run a point twice."""
     recipe, runtime = config.recipe_from_json(recipe_json), config.Runtime(**runtime_json)
     try:
-        return trainer.run_trial(recipe, runtime, resume_id=resume_id)
+        point = config.as_json(trainer.prepare(recipe, runtime))
+        with store.claim(runtime.logroot, runtime.experimentname, point) as claimed:
+            if not claimed:
+                return {"trial_id": resume_id, "finished": False, "elsewhere": True}
+            existing = _match(point, store.list_trials(runtime.logroot, runtime.experimentname))
+            if existing and existing.get("finished"):
+                return {"trial_id": existing["trial_id"], "finished": True, "skipped": True}
+            return trainer.run_trial(recipe, runtime, resume_id=existing["trial_id"] if existing else None)
     except tuple(TRIAL_ERRORS.values()) as e:
         return {"trial_id": resume_id, "finished": False, "error_type": type(e).__name__, "error": str(e)}
 
@@ -253,6 +266,8 @@ def run(config_path, recipe, runtime, given):
                   flush=True)
             try:
                 results[i] = _run_one(*job)
+                if results[i].get("elsewhere"):
+                    print(f"[{i + 1}/{len(entries)}] {label}: being run by another sweep: left to it", flush=True)
             except interrupts.Stopped as e:
                 raise interrupts.Stopped(e.signum, f"sweep {config_path} [{i + 1}/{len(entries)}] {label}: "
                                                    f"{e.where or _NOT_STARTED}", e.kept) from None
@@ -276,7 +291,8 @@ def _report(entries, summaries):
     print("sweep done:")
     for (label, *_), s in zip(entries, summaries):
         state = "not run" if s is None else "skipped (already finished)" if s.get("skipped") else (
-            "finished" if s.get("finished") else ("failed" if s.get("error") else "stopped early"))
+            "left to the other sweep running it" if s.get("elsewhere") else "finished" if s.get("finished") else (
+                "failed" if s.get("error") else "stopped early"))
         print(f"  {label}: trial {(s or {}).get('trial_id')} {state}")
     sys.stdout.flush()
 

@@ -267,3 +267,49 @@ def test_an_unexpected_error_in_one_trial_does_not_stop_the_others(dataroot, tmp
     err = capsys.readouterr().err
     assert ran == [0.1, 0.2] and exit_info.value.code == 1 and err.count("\n") == 1
     assert "1 of 2 trial(s)" in err and "RuntimeError: a torch error" in err
+
+
+def test_two_sweeps_over_one_config_share_its_points(dataroot, tmp_path, capsys, monkeypatch):
+    """A grid point claimed by another sweep (store.claim) is left to it; one another sweep finished after this
+    one listed the trials is skipped, not run twice; the claims' files are not results (nothing is left when no
+    trial was written)."""
+    path = write_config(tmp_path / "grid.yaml", "optimizer: SGD\nepochs: 1\nbatch_size: [50, 100]\nlr: 0.05\n")
+    logroot = tmp_path / "logs"
+    argv = ["grid", "--config", path, *tiny(dataroot, logroot, "--epochs", "1")]
+    (_, recipe50, runtime50, _), _ = plan_of(path, argv)
+    point50 = config.as_json(trainer.prepare(recipe50, runtime50))
+    with store.claim(str(logroot), "grid", point50) as mine:  # "another sweep" runs batch 50
+        assert mine is True
+        with store.claim(str(logroot), "grid", point50) as theirs:
+            assert theirs is False
+        train.main(argv)
+    out = capsys.readouterr().out
+    assert "batch_size=50: being run by another sweep: left to it" in out
+    assert "batch_size=50: trial None left to the other sweep running it" in out
+    assert sorted(trials_by_batch(logroot, "grid")) == [100]
+
+    # a sweep lists both points as new; another sweep (over a config of batch 50 alone) finishes batch 50 while
+    # the first one trains batch 100: the first one then skips batch 50 rather than train it a second time
+    logroot = tmp_path / "logs2"
+    first = write_config(tmp_path / "first.yaml", "optimizer: SGD\nepochs: 1\nbatch_size: [100, 50]\nlr: 0.05\n")
+    other = write_config(tmp_path / "other.yaml", "optimizer: SGD\nepochs: 1\nbatch_size: 50\nlr: 0.05\n")
+    real_run_trial = trainer.run_trial
+
+    def other_sweep_meanwhile(recipe, runtime, resume_id=None):
+        if recipe.batch_size == 100:
+            train.main(["grid", "--config", other, *tiny(dataroot, logroot, "--epochs", "1")])
+        return real_run_trial(recipe, runtime, resume_id=resume_id)
+
+    monkeypatch.setattr(trainer, "run_trial", other_sweep_meanwhile)
+    train.main(["grid", "--config", first, *tiny(dataroot, logroot, "--epochs", "1")])
+    out = capsys.readouterr().out
+    assert "batch_size=50: new" in out and "batch_size=50: trial" in out and "skipped (already finished)" in out
+    trials = store.list_trials(str(logroot), "grid")
+    assert sorted(t["batch_size"] for t in trials) == [50, 100] and all(t["finished"] for t in trials)
+
+
+def test_a_claim_that_wrote_no_trial_leaves_no_folder(tmp_path):
+    logroot = tmp_path / "new" / "logs"
+    with store.claim(str(logroot), "exp", {"lr": 0.1}) as held:
+        assert held and (logroot / "exp" / store.CLAIMS_FOLDER).is_dir()
+    assert not (tmp_path / "new").exists()
