@@ -177,3 +177,28 @@ def test_a_diverged_trial_is_done_and_ranks_last(tmp_path):
     text = section(next_trials.main(["--results", logroot, "--configs", configs]), "LARS", 4096)
     assert "lr 16: diverged" in text and "not finished" not in text
     assert "second horizon (21 epochs) at lr 8 and 4" in text
+
+
+def test_below_2048_the_best_is_chosen_over_lrs_and_horizons_together(tmp_path):
+    """A grown horizon adds a grid; the shorter one's trials stay candidates. LARS's late best grew the horizon
+    while SGD's own grid had its best at an end: SGD's best over both horizons is there, so that grid grows."""
+    logroot, configs = empty_study(tmp_path)
+    specs = [("LARS", 4.0, 4, None, 70.0), ("LARS", 8.0, 4, 0.95, 73.0), ("LARS", 16.0, 4, None, 69.0),
+             ("SGD", 0.1, 4, 0.9, 73.0), ("SGD", 0.2, 4, 0.8, 74.0), ("SGD", 0.4, 4, 0.6, 75.0),
+             ("LARS", 4.0, 6, 0.9, 74.0), ("LARS", 8.0, 6, 0.7, 76.0), ("LARS", 16.0, 6, None, 71.0),
+             ("SGD", 0.1, 6, 0.9, 74.0), ("SGD", 0.2, 6, 0.7, 76.0), ("SGD", 0.4, 6, 0.8, 75.0)]
+    for n, (optimizer, lr, epochs, reach, final) in enumerate(specs):
+        trial(logroot, f"scaling_{optimizer.lower()}", n, optimizer, 512, lr, epochs, 1, reach, final)
+    for name, lrs in (("lars", "[4.0, 8.0, 16.0]"), ("sgd", "[0.1, 0.2, 0.4]")):
+        with open(os.path.join(configs, f"{name}.yaml"), "a") as f:
+            f.write(f"- <<: *base\n  batch_size: 512\n  epochs: 6\n  warmup_fraction: 0.05\n  lr: {lrs}\n")
+    report = next_trials.main(["--results", logroot, "--configs", configs])
+    # LARS: 4 epochs at lr 8 reaches the target at step 334, 6 epochs at lr 8 at step 370
+    assert "best setting lr 8, 4 epochs: seeds 2, 3 to run" in section(report, "LARS", 512)
+    # SGD: 4 epochs at lr 0.4 (step 211) beats every 6-epoch lr, and is the top of its grid
+    assert ("the best over lrs and horizons, lr 0.4 at 4 epochs, is at an end of that horizon's grid: grow it to "
+            "lr 0.8") in section(report, "SGD", 512)
+    sgd = "\n".join(report).split("append to configs/scaling_study/sgd.yaml:\n")[1]
+    with open(os.path.join(configs, "sgd.yaml")) as f:
+        added = yaml.safe_load(f.read() + sgd.split("\n\n")[0])[-1]
+    assert (added["batch_size"], added["epochs"], added["lr"], added["seed"]) == (512, 4, [0.8], 1)

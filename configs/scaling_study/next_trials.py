@@ -11,7 +11,8 @@ the trials the design asks for next, in its order:
      stay, so that the configs still hold every trial run); a batch size's horizon is its longest entry's;
   3. at 2048 and 4096, a second horizon (x1.5) at the best lr and its better neighbour (there it is the growth
      of step 2; a batch size whose best over both horizons does not reach the target is reported as such);
-  4. seeds 2 and 3 at the best setting over lrs and horizons.
+  4. seeds 2 and 3 at the best setting over lrs and horizons (every horizon's seed-1 trials; where the best
+     comes from a shorter horizon at an end of its grid, that grid grows first, as in step 1).
 Then the config entries to append to configs/scaling_study/<optimizer>.yaml for them. Validation only: the test
 set plays no part. Reads the logs through plot_results (store.py); trains nothing.
 """
@@ -105,6 +106,12 @@ def plan(optimizer, batch, trials, horizon, configured):
         return lines + [f"  the best reaches the target {'not at all' if steps is None else 'late'}"], [], \
             grown(horizon)
     candidates = [((lr, horizon), first[lr]) for lr in lrs]
+    shorter = {}  # below 2048: {epochs: {lr: trial}} of the seed-1 grids a grown horizon left behind
+    if batch not in SECOND_HORIZON_BATCHES:
+        for (lr, epochs, seed), t in done.items():
+            if seed == 1 and epochs < horizon:
+                shorter.setdefault(epochs, {})[lr] = t
+        candidates += [((lr, epochs), t) for epochs, grid in shorter.items() for lr, t in grid.items()]
     todo = []
     if batch in SECOND_HORIZON_BATCHES:
         neighbours = [lr for lr in (best / 2, best * 2) if lr in first]
@@ -118,6 +125,12 @@ def plan(optimizer, batch, trials, horizon, configured):
         if todo:
             return lines + [f"  second horizon ({grown(horizon)} epochs) at lr {best:g} and {neighbour:g}"], todo, None
     (lr, epochs), chosen = min(candidates, key=lambda c: rank(c[1]))
+    if epochs in shorter:  # the best over lrs and horizons must be inside its own horizon's grid too (rule 1)
+        grid = sorted(shorter[epochs])
+        if lr == grid[0] or lr == grid[-1]:
+            grow = lr / 2 if lr == grid[0] else lr * 2
+            return lines + [f"  the best over lrs and horizons, lr {lr:g} at {epochs} epochs, is at an end of that "
+                            f"horizon's grid: grow it to lr {grow:g}"], [(grow, epochs, 1)], None
     if rank(chosen)[0] == 1:
         lines.append(f"  no setting reaches the target: reported as not reached within "
                      f"{chosen['epochs'][-1]['iteration']} steps (a lower bound), left out of the B_crit fit")
