@@ -14,7 +14,8 @@ Each argument is an experiment folder (LOGROOT/EXPERIMENT, one config). Writes i
                                  steps, and ||w||, ||g||, their ratio per layer at the first and last logged step
                                  (with --target: at the smallest and largest batch size's best setting)
   steps_to_target.png/.pdf, .md, .csv   with --target T (trials run with --val_size): optimizer steps to T%
-                                 validation top-1 against batch size (see --help)
+                                 validation top-1 against batch size (see --help); the .md also holds the final
+                                 test top-1 at each best setting, the steps ratio between optimizers, the B_crit fits
   noise_scale.png/.pdf, .md      with --target T and trials run with --noise_scale: the gradient noise scale
                                  B_simple over training at each batch size's best setting, beside the fitted
                                  critical batch size
@@ -964,6 +965,61 @@ def _compact(value):
     return f"{value:.0f}" if value is not None else "—"
 
 
+def _schedule_steps(point):
+    """The optimizer steps of a setting's whole schedule (`total_steps` in its parameter files), or None."""
+    steps = [t["params"].get("total_steps") for t in point["trials"]]
+    return max((s for s in steps if isinstance(s, (int, float))), default=None)
+
+
+def _steps_cell(p):
+    """A best setting's steps-to-target in the ratio table: mean (min–max), or the bound its seeds give."""
+    if p["all_reached"]:
+        return f"{p['steps_mean']:.0f}" + (f" ({p['steps_min']:.0f}–{p['steps_max']:.0f})" if p["n_reached"] > 1
+                                            else "")
+    if p["n_reached"] == 0 and p["n_val"]:
+        return f"> {_compact(_schedule_steps(p))} (not reached)"
+    return f"{p['n_reached']}/{p['n_val']} reached" + (f", {p['n_running']} running" if p["n_running"] else "")
+
+
+def ratio_lines(best):
+    """Markdown: at each batch size, the ratio of two optimizers' steps-to-target at their best settings (the
+    later name over the earlier one, e.g. S_SGD / S_LARS), with the range over the pairs of seeds, and whether
+    the seeds' ranges overlap. Where one never reached the target, the ratio is a bound from its schedule."""
+    optimizers = sorted({o for o, _ in best})
+    pairs = [(a, b) for i, a in enumerate(optimizers) for b in optimizers[i + 1:]]
+    rows = []
+    for a, b in pairs:
+        for batch in sorted({size for o, size in best if o == a} & {size for o, size in best if o == b}):
+            pa, pb = best[(a, batch)], best[(b, batch)]
+            ratio = spread = apart = "—"
+            if pa["all_reached"] and pb["all_reached"]:
+                ratio = f"{pb['steps_mean'] / pa['steps_mean']:.2f}"
+                if pa["n_reached"] > 1 or pb["n_reached"] > 1:
+                    spread = f"{pb['steps_min'] / pa['steps_max']:.2f}–{pb['steps_max'] / pa['steps_min']:.2f}"
+                apart = "overlap" if pa["steps_min"] <= pb["steps_max"] and pb["steps_min"] <= pa["steps_max"] \
+                    else "apart"
+            elif (p_all := pa if pa["all_reached"] else pb if pb["all_reached"] else None) and \
+                    (p_none := pb if p_all is pa else pa)["n_reached"] == 0 and p_none["n_val"]:
+                bound = _schedule_steps(p_none)
+                if bound:
+                    value = bound / p_all["steps_mean"] if p_none is pb else p_all["steps_mean"] / bound
+                    ratio = f"{'>' if p_none is pb else '<'} {value:.2f}"
+                    apart = "apart" if bound >= p_all["steps_max"] else "overlap"
+            if apart != "—":
+                apart += f" ({pa['n_val']} and {pb['n_val']} seeds)"
+            rows.append(f"| {batch} | {b} / {a} | {_steps_cell(pa)} | {_steps_cell(pb)} | {ratio} | {spread} | "
+                        f"{apart} |")
+    if not rows:
+        return []
+    return ["", "## Steps ratio between the optimizers at each batch size's best setting", "",
+            "Steps-to-target: mean (min–max over the seeds that reached it). Ratio of the means; range: the "
+            "smallest and largest ratio over pairs of seeds; 'apart' when the two seeds' ranges do not overlap. "
+            "Where one optimizer's seeds never reach the target, its schedule's steps bound its steps from "
+            "below, and the ratio is a bound.", "",
+            "| batch size | B / A | steps A | steps B | ratio of means | range | seeds' ranges |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | --- |", *rows]
+
+
 def steps_to_target_table(tpoints, target):
     """(markdown text, CSV text): every setting's steps-to-target and the fits."""
     import csv
@@ -971,8 +1027,8 @@ def steps_to_target_table(tpoints, target):
     best = best_per_batch(tpoints)
     fits = critical_batch_fits(fitted(best))
     chosen = {id(p) for p in best.values()}
-    columns = ["optimizer", "batch_size", "experiment", "setting", "seeds", "reached", "steps_mean", "steps_median",
-               "steps_min", "steps_max", "final_val_top1", "best"]
+    columns = ["optimizer", "batch_size", "experiment", "setting", "seeds", "schedule_steps", "reached", "steps_mean",
+               "steps_median", "steps_min", "steps_max", "final_val_top1", "best"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
@@ -983,9 +1039,10 @@ def steps_to_target_table(tpoints, target):
              f"batch size: chosen on each setting's first seed (the seed a grid is tuned on): fewest steps to the target, then (ties, or "
              f"no setting reaching it) highest final validation top-1; validation only, never test. Its other "
              f"seeds report it. The figure and the B_crit fit use the best settings whose every seed reached "
-             f"the target.", "",
-             "| optimizer | batch size | experiment | setting | seeds | reached | steps mean | median | min–max | "
-             "final val top-1 (%) |", "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"the target. Schedule: the optimizer steps of the setting's whole schedule (its horizon).", "",
+             "| optimizer | batch size | experiment | setting | seeds | schedule (steps) | reached | steps mean | "
+             "median | min–max | final val top-1 (%) |",
+             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for p in sorted(tpoints, key=lambda p: (p["optimizer"], p["batch_size"] or 0, p["experiment"],
                                              tuple(_order(setting_value(p, k)) for k, _ in p["setting"]))):
         is_best = id(p) in chosen
@@ -993,13 +1050,14 @@ def steps_to_target_table(tpoints, target):
                                                        f" ({p['n_val'] - p['n_reached']} not reached)") + (
             f" ({p['n_running']} running)" if p["n_running"] else "")
         mean = _compact(p["steps_mean"]) if p["n_reached"] else "not reached" if p["n_val"] else "running"
-        cells = [p["optimizer"], p["batch_size"], p["experiment"], p["setting_label"] or "—", p["n"], reached,
+        cells = [p["optimizer"], p["batch_size"], p["experiment"], p["setting_label"] or "—", p["n"],
+                 _compact(_schedule_steps(p)), reached,
                  f"**{mean}**" if is_best else mean, _compact(p["steps_median"]),
                  f"{_compact(p['steps_min'])}–{_compact(p['steps_max'])}" if p["n_reached"] > 1 else "—",
                  f"{p['final_val']:.2f}" if p["final_val"] is not None else "—"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
         writer.writerow([p["optimizer"], p["batch_size"], p["experiment"], p["setting_label"], p["n"],
-                         p["n_reached"], *(("" if v is None else f"{v:.6g}") for v in (
+                         _schedule_steps(p) or "", p["n_reached"], *(("" if v is None else f"{v:.6g}") for v in (
                              p["steps_mean"], p["steps_median"], p["steps_min"], p["steps_max"], p["final_val"])),
                          "yes" if is_best else ""])
     lines += ["", "## Final test top-1 at each batch size's best setting", "",
@@ -1011,6 +1069,7 @@ def steps_to_target_table(tpoints, target):
         test = "—" if not finals else f"{sum(finals) / len(finals):.2f}" + (
             f" ± {(max(finals) - min(finals)) / 2:.2f}" if len(finals) > 1 else "")
         lines.append(f"| {optimizer} | {batch} | {p['setting_label'] or '—'} | {test} | {len(finals)} |")
+    lines += ratio_lines(best)
     lines += ["", "Critical batch size: S(B) = S_min (1 + B_crit / B) fitted to the best settings' mean steps "
               "(least squares on log S); 90% interval from "
               f"{BOOTSTRAP_RESAMPLES} bootstrap resamples of the seeds at each batch size.", ""]

@@ -35,7 +35,7 @@ def make_logs(logroot):
                     params = {"arch": "AirbenchNet", "dataset": "cifar10", "optimizer": optimizer, "lr": lr,
                               "batch_size": b, "epochs": 3, "seed": seed, "recipe_keys": RECIPE,
                               "trial_id": f"t{n:05d}", "start_time": f"2026-01-01T{n // 60:02d}:{n % 60:02d}",
-                              "finished": True, "val_size": 5000, "noise_scale": True}
+                              "finished": True, "val_size": 5000, "noise_scale": True, "total_steps": int(best * 3)}
                     # B_simple grows linearly with the step (the parameter of the same name must not mask it)
                     rows = [row for s, v in evals for row in (
                         {"kind": "step", "iteration": s, "epoch": 1, "train_loss": 1.0,
@@ -102,6 +102,39 @@ def test_best_settings_and_critical_batch(outputs):
         fitted = float(line.split("B_crit = ")[1].split()[0])
         low, high = (float(v) for v in line.split("interval ")[1].split(")")[0].split("–"))
         assert fitted == pytest.approx(b_crit, rel=0.1) and low <= fitted <= high
+
+
+def test_steps_ratio_between_the_optimizers_and_the_schedule(outputs):
+    out, _ = outputs
+    with open(out / "steps_to_target.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(int(r["schedule_steps"]) == int(TRUTH[r["optimizer"]][0] * (1 + TRUTH[r["optimizer"]][1]
+                                                                          / int(r["batch_size"])) * 3) for r in rows)
+    text = (out / "steps_to_target.md").read_text().split("## Steps ratio")[1]
+    for b in SIZES:
+        cells = next(line for line in text.splitlines() if line.startswith(f"| {b} |")).split(" | ")
+        truth = {o: s_min * (1 + b_crit / b) for o, (s_min, b_crit) in TRUTH.items()}
+        assert cells[1] == "SGD / LARS"
+        assert float(cells[4]) == pytest.approx(truth["SGD"] / truth["LARS"], rel=0.01)
+        low, high = (float(v) for v in cells[5].split("–"))  # seeds jitter the steps by ±2%
+        assert low == pytest.approx(truth["SGD"] * 0.98 / (truth["LARS"] * 1.02), rel=0.01)
+        assert high == pytest.approx(truth["SGD"] * 1.02 / (truth["LARS"] * 0.98), rel=0.01)
+        assert cells[6].startswith("apart (3 and 3 seeds)")  # the truths differ by far more than the jitter
+
+
+def test_a_steps_ratio_against_a_never_reached_target_is_a_bound():
+    def point(steps, total, reached=True):
+        trials = [{"params": {"total_steps": total}}] * len(steps)
+        return {"all_reached": reached, "n_reached": len(steps) if reached else 0, "n_val": len(steps),
+                "n_running": 0, "trials": trials, "steps_mean": sum(steps) / len(steps) if reached else None,
+                "steps_min": min(steps) if reached else None, "steps_max": max(steps) if reached else None}
+    best = {("LARS", 4096): point([110, 117, 120], 140), ("SGD", 4096): point([0, 0, 0], 210, reached=False),
+            ("LARS", 2048): point([130, 139, 150], 168), ("SGD", 2048): point([140, 155, 160], 168)}
+    lines = plot_results.ratio_lines(best)
+    row4096 = next(line for line in lines if line.startswith("| 4096"))
+    assert "> 210 (not reached)" in row4096 and f"> {210 / (347 / 3):.2f}" in row4096 and "apart" in row4096
+    row2048 = next(line for line in lines if line.startswith("| 2048"))
+    assert "overlap (3 and 3 seeds)" in row2048 and "0.93–1.23" in row2048
 
 
 def test_noise_scale_at_the_target_of_each_best_setting(outputs):
@@ -207,7 +240,7 @@ def test_a_running_trial_counts_once_it_reaches_the_target(tmp_path):
     (best,) = plot_results.best_per_batch(points).values()
     assert best["setting_label"] == "lr=4"
     text, _ = plot_results.steps_to_target_table(points, TARGET)
-    assert "| LARS | 512 | grid | lr=2 | 1 | 0/0 (1 running) | running |" in text
+    assert "| LARS | 512 | grid | lr=2 | 1 | — | 0/0 (1 running) | running |" in text  # no total_steps logged
 
 
 def test_no_bootstrap_interval_from_one_seed_per_batch_size():

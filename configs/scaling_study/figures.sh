@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates every figure and table of the scaling study (docs/scaling_study.md) from the committed logs under
 # results/scaling_study/, without training: steps_to_target (figure, tables with the final test top-1 at each
-# batch size's best setting, the B_crit fits), noise_scale, trust_ratios, and the per-setting curves and table.
+# batch size's best setting, S_SGD / S_LARS at each batch size, the B_crit fits), noise_scale, trust_ratios, and
+# the per-setting curves and table.
 #   bash configs/scaling_study/figures.sh              # from the repository root; writes images/scaling_study/
 #   bash configs/scaling_study/figures.sh OUT_DIR      # writes elsewhere
 set -euo pipefail
