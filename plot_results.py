@@ -1083,20 +1083,34 @@ def steps_to_target_table(tpoints, target):
 
 
 def fig_steps_to_target(tpoints, target, command, note):
-    best = fitted(best_per_batch(tpoints))
+    chosen = best_per_batch(tpoints)
+    best = fitted(chosen)
     fits = critical_batch_fits(best)
-    optimizers = sorted({o for o, _ in best})
+    # a best setting none of whose seeds reached the target: drawn as a lower bound at its schedule's steps
+    bounds = {k: _schedule_steps(p) for k, p in chosen.items() if p["n_reached"] == 0 and p["n_val"]
+              and _schedule_steps(p)}
+    optimizers = sorted({o for o, _ in best} | {o for o, _ in bounds})
     colours = recipe_colours(optimizers)
     footer = [f"Each optimizer at each batch size's best setting (chosen on its first seed: fewest steps, then "
               f"final validation top-1). Points: mean over the seeds, bars: {SPREAD}, n beside each point (n=1: a single seed, "
               f"hollow). Dashed: perfect scaling (steps halve as the batch doubles) from the smallest batch. "
-              f"Dotted: the fit S(B) = S_min (1 + B_crit/B). A batch size whose best setting did not reach the "
-              f"target with every seed is left out (steps_to_target.md lists it). {STEPS_NOTE.capitalize()}."]
+              f"Dotted: the fit S(B) = S_min (1 + B_crit/B). Triangle: no seed of the best setting reached the "
+              f"target within its schedule, whose length it marks (a lower bound; not in the fit). A batch size "
+              f"where some seeds reached it and others did not is left out (steps_to_target.md lists it). "
+              f"{STEPS_NOTE.capitalize()}."]
     fig, ax = _figure(WIDE, 3.0, _footer(footer, command, note))
     import numpy as np
     for optimizer in optimizers:
         ps = sorted((p for (o, _), p in best.items() if o == optimizer), key=lambda p: p["batch_size"])
         colour = colours[optimizer]
+        mine = sorted((batch, steps) for (o, batch), steps in bounds.items() if o == optimizer)
+        for i, (batch, steps) in enumerate(mine):
+            ax.plot([batch], [steps], "^", color=colour, markersize=5, markerfacecolor="white", zorder=4,
+                    label=f"{optimizer}: not reached (lower bound)" if i == 0 else None)
+            ax.annotate(f"not reached in {steps:.0f}", (batch, steps), xytext=(4, 3), textcoords="offset points",
+                        fontsize=5.5, color=colour)
+        if not ps:
+            continue
         xs, ys = [p["batch_size"] for p in ps], [p["steps_mean"] for p in ps]
         ax.plot(xs, ys, "-", color=colour, linewidth=1.4, zorder=3, label=optimizer)
         ax.errorbar(xs, ys, yerr=[[y - p["steps_min"] for y, p in zip(ys, ps)],
@@ -1115,7 +1129,7 @@ def fig_steps_to_target(tpoints, target, command, note):
             span = f", 90% {interval[0]:.0f}–{interval[1]:.0f}" if interval else ""
             ax.plot(line, s_min * (1 + b_crit / line), ":", color=colour, linewidth=1.2,
                     label=f"{optimizer}: fit, B_crit {b_crit:.0f}{span}")
-    sizes = sorted({b for _, b in best})
+    sizes = sorted({b for _, b in best} | {b for _, b in bounds})
     if sizes:
         _batch_ticks(ax, sizes)
         ax.set_xlim(sizes[0] / 1.4, sizes[-1] * 1.4)

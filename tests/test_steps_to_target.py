@@ -1,6 +1,7 @@
 """plot_results.py --target: steps to a validation top-1, best setting per batch size, the critical batch fit,
 on trial files written here (no training)."""
 import csv
+import json
 import os
 
 import pytest
@@ -241,6 +242,24 @@ def test_a_running_trial_counts_once_it_reaches_the_target(tmp_path):
     assert best["setting_label"] == "lr=4"
     text, _ = plot_results.steps_to_target_table(points, TARGET)
     assert "| LARS | 512 | grid | lr=2 | 1 | — | 0/0 (1 running) | running |" in text  # no total_steps logged
+
+
+def test_a_best_setting_that_never_reaches_the_target_is_drawn_as_a_lower_bound(tmp_path):
+    experiment = write_grid(str(tmp_path / "logs"), [(1.0, 1, None, True), (2.0, 1, None, True)])
+    for name in os.listdir(os.path.join(experiment, "trials")):  # their schedules: 300 steps
+        if name.endswith("_param_map.json"):
+            path = os.path.join(experiment, "trials", name)
+            with open(path) as f:
+                params = json.load(f)
+            with open(path, "w") as f:
+                json.dump({**params, "total_steps": 300}, f)
+    trials = [plot_results.summarize(t) for t in plot_results.read_all([experiment])]
+    points = plot_results.target_points(plot_results.group_points(trials), TARGET)
+    fig = plot_results.fig_steps_to_target(points, TARGET, "cmd", None)
+    (ax,) = [a for a in fig.axes if a.get_ylabel()]
+    bounds = [line for line in ax.get_lines() if line.get_marker() == "^"]
+    assert [(list(b.get_xdata()), list(b.get_ydata())) for b in bounds] == [([512], [300])]
+    assert any(t.get_text() == "not reached in 300" for t in ax.texts)
 
 
 def test_no_bootstrap_interval_from_one_seed_per_batch_size():
