@@ -1224,8 +1224,10 @@ def fig_noise_scale(rows, fits, target, command, note):
             if interval:
                 ax.axhspan(interval[0], interval[1], color="black", alpha=0.08, linewidth=0)
         ax.set_yscale("log")
-        for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-            axis_format(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        # a span of a decade or two: label the minor ticks at 2 and 5 times a power of ten, not all eight
+        ax.yaxis.set_minor_formatter(FuncFormatter(
+            lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v)), 6) in (2, 5) else ""))
         ax.set_xlabel("fraction of the trial's optimizer steps")
         ax.set_ylabel("B_simple (log scale)")
         ax.grid(True, which="both", alpha=0.2, linewidth=0.5)
