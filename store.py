@@ -201,7 +201,13 @@ def list_trials(logroot, experimentname):
     trials = []
     for name in sorted(os.listdir(folder)):
         if name.endswith(PARAMS_SUFFIX):
-            trials.append(_read_params(os.path.join(folder, name)))
+            path = os.path.join(folder, name)
+            try:
+                trials.append(_read_params(path))
+            except StoreError:
+                if os.path.exists(path):
+                    raise
+                # removed since the listing: a trial stopped before its first checkpoint takes its files away
     return sorted(trials, key=lambda t: t.get("start_time", ""))
 
 
@@ -448,8 +454,12 @@ def claim(logroot, experimentname, recipe_json):
                         + ".lock")
     created = []
     try:
-        _make_folders(folder, created)
-        handle = open(path, "a")
+        try:
+            _make_folders(folder, created)
+            handle = open(path, "a")
+        except FileNotFoundError:  # removed meanwhile by a claim that wrote no trial (below): make it again
+            _make_folders(folder, created)
+            handle = open(path, "a")
     except OSError as e:
         _undo(created)
         raise _io_error(path, e) from None
@@ -464,10 +474,20 @@ def claim(logroot, experimentname, recipe_json):
     try:
         yield held
     finally:
-        handle.close()
-        if created and not list_trials(logroot, experimentname):
+        # only the holder tidies up, and before it lets go, so that no other process holds the file it removes
+        if held and created and not _has_trials(logroot, experimentname):
             _remove_quietly(path)
+            handle.close()
             _undo(created)
+        else:
+            handle.close()
+
+
+def _has_trials(logroot, experimentname):
+    try:
+        return bool(list_trials(logroot, experimentname))
+    except StoreError:  # an unreadable parameter file is still a trial's
+        return True
 
 
 def _make_folders(path, created):

@@ -229,6 +229,8 @@ def _run_one(recipe_json, runtime_json, resume_id):
     listed the trials is resumed or skipped, so that two sweeps side by side never run a point twice."""
     recipe, runtime = config.recipe_from_json(recipe_json), config.Runtime(**runtime_json)
     try:
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # under torchrun every rank runs every point, in step: no claims
+            return trainer.run_trial(recipe, runtime, resume_id=resume_id)
         point = config.as_json(trainer.prepare(recipe, runtime))
         with store.claim(runtime.logroot, runtime.experimentname, point) as claimed:
             if not claimed:

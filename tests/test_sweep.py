@@ -1,4 +1,5 @@
 """sweep.py: configs, the grid, skip/resume on re-runs, command-line overrides, and a local Ray run (CPU)."""
+import contextlib
 import os
 
 import pytest
@@ -313,3 +314,36 @@ def test_a_claim_that_wrote_no_trial_leaves_no_folder(tmp_path):
     with store.claim(str(logroot), "exp", {"lr": 0.1}) as held:
         assert held and (logroot / "exp" / store.CLAIMS_FOLDER).is_dir()
     assert not (tmp_path / "new").exists()
+
+
+def test_a_claim_lost_to_another_process_leaves_its_files_alone(tmp_path, monkeypatch):
+    """This sweep makes the claims' folder, another one locks the point first: this one must not tidy away the
+    folder and lock file the other one holds."""
+    logroot, other = str(tmp_path / "logs"), contextlib.ExitStack()
+    make_folders = store._make_folders
+
+    def then_another_sweep_claims(path, created):
+        make_folders(path, created)
+        monkeypatch.setattr(store, "_make_folders", make_folders)
+        assert other.enter_context(store.claim(logroot, "exp", {"lr": 0.1})) is True
+
+    monkeypatch.setattr(store, "_make_folders", then_another_sweep_claims)
+    with store.claim(logroot, "exp", {"lr": 0.1}) as held:
+        assert held is False
+    claims = tmp_path / "logs" / "exp" / store.CLAIMS_FOLDER
+    assert len(os.listdir(claims)) == 1  # the other sweep's lock file, still there while it runs the point
+    with store.claim(logroot, "exp", {"lr": 0.1}) as again:
+        assert again is False  # and still held
+    other.close()
+
+
+def test_under_torchrun_every_rank_runs_every_point_without_claims(dataroot, tmp_path, monkeypatch):
+    """Ranks run a sweep's points in step: a rank must not leave a point to another rank's claim."""
+    path = write_config(tmp_path / "grid.yaml", "optimizer: SGD\nepochs: 1\nbatch_size: 50\nlr: 0.05\n")
+    logroot = tmp_path / "logs"
+    ((_, recipe, runtime, _),) = plan_of(path, ["grid", "--config", path, *tiny(dataroot, logroot)])
+    point = config.as_json(trainer.prepare(recipe, runtime))
+    monkeypatch.setattr(trainer, "run_trial", lambda recipe, runtime, resume_id=None: {"ran": True})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with store.claim(str(logroot), "grid", point):  # as rank 0 would hold it
+        assert sweep._run_one(config.as_json(recipe), config.as_json(runtime), None) == {"ran": True}
