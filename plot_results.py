@@ -971,12 +971,17 @@ def _schedule_steps(point):
     return max((s for s in steps if isinstance(s, (int, float))), default=None)
 
 
+def _never_reached(p):
+    """Whether no seed of a setting reached the target and none is still running (its schedule bounds its steps)."""
+    return p["n_reached"] == 0 and p["n_val"] > 0 and not p["n_running"]
+
+
 def _steps_cell(p):
     """A best setting's steps-to-target in the ratio table: mean (min–max), or the bound its seeds give."""
     if p["all_reached"]:
         return f"{p['steps_mean']:.0f}" + (f" ({p['steps_min']:.0f}–{p['steps_max']:.0f})" if p["n_reached"] > 1
                                             else "")
-    if p["n_reached"] == 0 and p["n_val"]:
+    if _never_reached(p):
         return f"> {_compact(_schedule_steps(p))} (not reached)"
     return f"{p['n_reached']}/{p['n_val']} reached" + (f", {p['n_running']} running" if p["n_running"] else "")
 
@@ -999,12 +1004,12 @@ def ratio_lines(best):
                 apart = "overlap" if pa["steps_min"] <= pb["steps_max"] and pb["steps_min"] <= pa["steps_max"] \
                     else "apart"
             elif (p_all := pa if pa["all_reached"] else pb if pb["all_reached"] else None) and \
-                    (p_none := pb if p_all is pa else pa)["n_reached"] == 0 and p_none["n_val"]:
+                    _never_reached(p_none := pb if p_all is pa else pa):
                 bound = _schedule_steps(p_none)
                 if bound:
                     value = bound / p_all["steps_mean"] if p_none is pb else p_all["steps_mean"] / bound
                     ratio = f"{'>' if p_none is pb else '<'} {value:.2f}"
-                    apart = "apart" if bound >= p_all["steps_max"] else "overlap"
+                    apart = "apart" if bound >= p_all["steps_max"] else "may overlap"
             if apart != "—":
                 apart += f" ({pa['n_val']} and {pb['n_val']} seeds)"
             rows.append(f"| {batch} | {b} / {a} | {_steps_cell(pa)} | {_steps_cell(pb)} | {ratio} | {spread} | "
@@ -1087,8 +1092,7 @@ def fig_steps_to_target(tpoints, target, command, note):
     best = fitted(chosen)
     fits = critical_batch_fits(best)
     # a best setting none of whose seeds reached the target: drawn as a lower bound at its schedule's steps
-    bounds = {k: _schedule_steps(p) for k, p in chosen.items() if p["n_reached"] == 0 and p["n_val"]
-              and _schedule_steps(p)}
+    bounds = {k: _schedule_steps(p) for k, p in chosen.items() if _never_reached(p) and _schedule_steps(p)}
     optimizers = sorted({o for o, _ in best} | {o for o, _ in bounds})
     colours = recipe_colours(optimizers)
     footer = [f"Each optimizer at each batch size's best setting (chosen on its first seed: fewest steps, then "

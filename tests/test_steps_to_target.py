@@ -136,6 +136,14 @@ def test_a_steps_ratio_against_a_never_reached_target_is_a_bound():
     assert "> 210 (not reached)" in row4096 and f"> {210 / (347 / 3):.2f}" in row4096 and "apart" in row4096
     row2048 = next(line for line in lines if line.startswith("| 2048"))
     assert "overlap (3 and 3 seeds)" in row2048 and "0.93–1.23" in row2048
+    # the first optimizer never reaching it: an upper bound; a schedule shorter than the other's slowest seed
+    # cannot say whether the ranges overlap; a seed still running gives no bound yet
+    best = {("LARS", 1024): point([0, 0], 150, reached=False), ("SGD", 1024): point([140, 160], 200)}
+    (row,) = [line for line in plot_results.ratio_lines(best) if line.startswith("| 1024")]
+    assert f"< {150 / 150:.2f}" in row and "may overlap (2 and 2 seeds)" in row
+    best[("LARS", 1024)]["n_running"] = 1
+    (row,) = [line for line in plot_results.ratio_lines(best) if line.startswith("| 1024")]
+    assert "<" not in row and "0/2 reached, 1 running" in row
 
 
 def test_noise_scale_at_the_target_of_each_best_setting(outputs):
