@@ -8,6 +8,7 @@
 set -euo pipefail
 out=$(realpath -m "${1:-$(dirname "$0")/../../images/scaling_study}")  # OUT_DIR: relative to where it is run
 cd "$(dirname "$0")/../.."
+case "$out" in "$PWD"/*) out=${out#"$PWD"/} ;; esac  # figures name the folder as the repository does
 # The validation top-1 target fixed after the pilot, before the grid (docs/scaling_study.md)
 TARGET=72.5
 python plot_results.py results/scaling_study/scaling_lars results/scaling_study/scaling_sgd \
