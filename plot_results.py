@@ -976,20 +976,55 @@ def _never_reached(p):
     return p["n_reached"] == 0 and p["n_val"] > 0 and not p["n_running"]
 
 
+def _seed_bounds(p):
+    """[(low, high)] of each counted seed's steps-to-target: (s, s) where it reached the target, (just above the
+    schedule's steps, inf) where it ended without: it would have needed more. None while a seed is running or
+    when a seed missed the target and no schedule length is logged: then no bound holds yet."""
+    schedule = _schedule_steps(p)
+    missed = p["n_val"] - p["n_reached"]
+    if p["n_running"] or not p["n_val"] or (missed and not schedule):
+        return None
+    return [(s, s) for s in p["reached"]] + [(math.nextafter(schedule, math.inf), math.inf)] * missed
+
+
+def _mean_bound(p):
+    """A best setting some of whose seeds missed the target: the mean with those at their schedule's steps, a
+    lower bound of the mean steps-to-target (None otherwise)."""
+    if p["all_reached"] or not _seed_bounds(p):
+        return None
+    return (sum(p["reached"]) + (p["n_val"] - p["n_reached"]) * _schedule_steps(p)) / p["n_val"]
+
+
+def _bounded_ratio(low, high, digits=2):
+    """A ratio known to lie in [low, high]: its value, a bound ('> x', '< x'), or '?' when nothing bounds it."""
+    if low == high:
+        return f"{low:.{digits}f}"
+    if high == math.inf and low > 0:
+        return f"> {low:.{digits}f}"
+    if low == 0 and high < math.inf:
+        return f"< {high:.{digits}f}"
+    return "?"
+
+
 def _steps_cell(p):
     """A best setting's steps-to-target in the ratio table: mean (min–max), or the bound its seeds give."""
     if p["all_reached"]:
         return f"{p['steps_mean']:.0f}" + (f" ({p['steps_min']:.0f}–{p['steps_max']:.0f})" if p["n_reached"] > 1
                                             else "")
-    if _never_reached(p):
+    if _never_reached(p) and _schedule_steps(p):
         return f"> {_compact(_schedule_steps(p))} (not reached)"
+    if _mean_bound(p) is not None:
+        missed = p["n_val"] - p["n_reached"]
+        spread = f"{p['steps_min']:.0f}–{p['steps_max']:.0f}" if p["n_reached"] > 1 else f"{p['steps_min']:.0f}"
+        return f"> {_mean_bound(p):.0f} ({spread}; {missed} of {p['n_val']} > {_compact(_schedule_steps(p))})"
     return f"{p['n_reached']}/{p['n_val']} reached" + (f", {p['n_running']} running" if p["n_running"] else "")
 
 
 def ratio_lines(best):
     """Markdown: at each batch size, the ratio of two optimizers' steps-to-target at their best settings (the
     later name over the earlier one, e.g. S_SGD / S_LARS), with the range over the pairs of seeds, and whether
-    the seeds' ranges overlap. Where one never reached the target, the ratio is a bound from its schedule."""
+    the seeds' ranges overlap. A seed that missed the target needed more steps than its schedule had: the
+    ratios it enters become bounds, and the ranges are apart only when that holds whatever it needed."""
     optimizers = sorted({o for o, _ in best})
     pairs = [(a, b) for i, a in enumerate(optimizers) for b in optimizers[i + 1:]]
     rows = []
@@ -997,20 +1032,27 @@ def ratio_lines(best):
         for batch in sorted({size for o, size in best if o == a} & {size for o, size in best if o == b}):
             pa, pb = best[(a, batch)], best[(b, batch)]
             ratio = spread = apart = "—"
-            if pa["all_reached"] and pb["all_reached"]:
-                ratio = f"{pb['steps_mean'] / pa['steps_mean']:.2f}"
-                if pa["n_reached"] > 1 or pb["n_reached"] > 1:
-                    spread = f"{pb['steps_min'] / pa['steps_max']:.2f}–{pb['steps_max'] / pa['steps_min']:.2f}"
-                apart = "overlap" if pa["steps_min"] <= pb["steps_max"] and pb["steps_min"] <= pa["steps_max"] \
-                    else "apart"
-            elif (p_all := pa if pa["all_reached"] else pb if pb["all_reached"] else None) and \
-                    _never_reached(p_none := pb if p_all is pa else pa):
-                bound = _schedule_steps(p_none)
-                if bound:
-                    value = bound / p_all["steps_mean"] if p_none is pb else p_all["steps_mean"] / bound
-                    ratio = f"{'>' if p_none is pb else '<'} {value:.2f}"
-                    apart = "apart" if bound >= p_all["steps_max"] else "may overlap"
-            if apart != "—":
+            sa, sb = _seed_bounds(pa), _seed_bounds(pb)
+            if sa and sb:
+                (mean_a_lo, mean_a_hi), (mean_b_lo, mean_b_hi) = ((sum(lo for lo, _ in s) / len(s),
+                                                                   sum(hi for _, hi in s) / len(s)) for s in (sa, sb))
+                ratio = _bounded_ratio(mean_b_lo / mean_a_hi, mean_b_hi / mean_a_lo)
+                # the range's ends: (lowest, highest) of each side, each known within (low, high)
+                lo_a = (min(lo for lo, _ in sa), min(hi for _, hi in sa))
+                lo_b = (min(lo for lo, _ in sb), min(hi for _, hi in sb))
+                hi_a = (max(lo for lo, _ in sa), max(hi for _, hi in sa))
+                hi_b = (max(lo for lo, _ in sb), max(hi for _, hi in sb))
+                if len(sa) > 1 or len(sb) > 1:
+                    ends = (_bounded_ratio(lo_b[0] / hi_a[1], lo_b[1] / hi_a[0]),
+                            _bounded_ratio(hi_b[0] / lo_a[1], hi_b[1] / lo_a[0]))
+                    exact = all(e[0].isdigit() for e in ends)
+                    spread = "–".join(ends) if exact else " to ".join(ends)
+                if lo_a[0] > hi_b[1] or lo_b[0] > hi_a[1]:
+                    apart = "apart"
+                elif lo_a[1] <= hi_b[0] and lo_b[1] <= hi_a[0]:
+                    apart = "overlap"
+                else:
+                    apart = "may overlap"
                 apart += f" ({pa['n_val']} and {pb['n_val']} seeds)"
             rows.append(f"| {batch} | {b} / {a} | {_steps_cell(pa)} | {_steps_cell(pb)} | {ratio} | {spread} | "
                         f"{apart} |")
@@ -1019,8 +1061,9 @@ def ratio_lines(best):
     return ["", "## Steps ratio between the optimizers at each batch size's best setting", "",
             "Steps-to-target: mean (min–max over the seeds that reached it). Ratio of the means; range: the "
             "smallest and largest ratio over pairs of seeds; 'apart' when the two seeds' ranges do not overlap. "
-            "Where one optimizer's seeds never reach the target, its schedule's steps bound its steps from "
-            "below, and the ratio is a bound.", "",
+            "A seed that never reached the target within its schedule needed more steps than the schedule had "
+            "('> N'): the mean and the ratios it enters are then bounds, and 'apart' holds whatever it needed "
+            "('may overlap': its bound cannot tell). No bound while a seed still runs.", "",
             "| batch size | B / A | steps A | steps B | ratio of means | range | seeds' ranges |",
             "| ---: | --- | ---: | ---: | ---: | ---: | --- |", *rows]
 
@@ -1091,16 +1134,16 @@ def fig_steps_to_target(tpoints, target, command, note):
     chosen = best_per_batch(tpoints)
     best = fitted(chosen)
     fits = critical_batch_fits(best)
-    # a best setting none of whose seeds reached the target: drawn as a lower bound at its schedule's steps
-    bounds = {k: _schedule_steps(p) for k, p in chosen.items() if _never_reached(p) and _schedule_steps(p)}
+    # a best setting some or all of whose seeds missed the target: drawn as a lower bound of its mean steps
+    bounds = {k: _mean_bound(p) for k, p in chosen.items() if _mean_bound(p) is not None}
     optimizers = sorted({o for o, _ in best} | {o for o, _ in bounds})
     colours = recipe_colours(optimizers)
     footer = [f"Each optimizer at each batch size's best setting (chosen on its first seed: fewest steps, then "
               f"final validation top-1). Points: mean over the seeds, bars: {SPREAD}, n beside each point (n=1: a single seed, "
               f"hollow). Dashed: perfect scaling (steps halve as the batch doubles) from the smallest batch. "
-              f"Dotted: the fit S(B) = S_min (1 + B_crit/B). Triangle: no seed of the best setting reached the "
-              f"target within its schedule, whose length it marks (a lower bound; not in the fit). A batch size "
-              f"where some seeds reached it and others did not is left out (steps_to_target.md lists it). "
+              f"Dotted: the fit S(B) = S_min (1 + B_crit/B). Triangle: some or all seeds of the best setting did "
+              f"not reach the target within their schedule; it marks the mean with those seeds at the schedule's "
+              f"steps, a lower bound, left out of the fit (steps_to_target.md lists the seeds). "
               f"{STEPS_NOTE.capitalize()}."]
     fig, ax = _figure(WIDE, 3.0, _footer(footer, command, note))
     import numpy as np
@@ -1109,10 +1152,13 @@ def fig_steps_to_target(tpoints, target, command, note):
         colour = colours[optimizer]
         mine = sorted((batch, steps) for (o, batch), steps in bounds.items() if o == optimizer)
         for i, (batch, steps) in enumerate(mine):
+            p = chosen[(optimizer, batch)]
             ax.plot([batch], [steps], "^", color=colour, markersize=5, markerfacecolor="white", zorder=4,
-                    label=f"{optimizer}: not reached (lower bound)" if i == 0 else None)
-            ax.annotate(f"not reached in {steps:.0f}", (batch, steps), xytext=(4, 3), textcoords="offset points",
-                        fontsize=5.5, color=colour)
+                    label=f"{optimizer}: not reached by every seed (lower bound)" if i == 0 else None)
+            text = (f"not reached in {_schedule_steps(p):.0f}" if not p["n_reached"] else
+                    f"{p['n_reached']}/{p['n_val']} reached in {_schedule_steps(p):.0f}: mean > {steps:.0f}")
+            ax.annotate(text, (batch, steps), xytext=(4, 3), textcoords="offset points", fontsize=5.5,
+                        color=colour)
         if not ps:
             continue
         xs, ys = [p["batch_size"] for p in ps], [p["steps_mean"] for p in ps]

@@ -128,7 +128,8 @@ def test_a_steps_ratio_against_a_never_reached_target_is_a_bound():
         trials = [{"params": {"total_steps": total}}] * len(steps)
         return {"all_reached": reached, "n_reached": len(steps) if reached else 0, "n_val": len(steps),
                 "n_running": 0, "trials": trials, "steps_mean": sum(steps) / len(steps) if reached else None,
-                "steps_min": min(steps) if reached else None, "steps_max": max(steps) if reached else None}
+                "steps_min": min(steps) if reached else None, "steps_max": max(steps) if reached else None,
+                "reached": list(steps) if reached else []}
     best = {("LARS", 4096): point([110, 117, 120], 140), ("SGD", 4096): point([0, 0, 0], 210, reached=False),
             ("LARS", 2048): point([130, 139, 150], 168), ("SGD", 2048): point([140, 155, 160], 168)}
     lines = plot_results.ratio_lines(best)
@@ -144,6 +145,58 @@ def test_a_steps_ratio_against_a_never_reached_target_is_a_bound():
     best[("LARS", 1024)]["n_running"] = 1
     (row,) = [line for line in plot_results.ratio_lines(best) if line.startswith("| 1024")]
     assert "<" not in row and "0/2 reached, 1 running" in row
+
+
+def _partly_reached(steps, missed, total):
+    """A best setting `steps` of whose seeds reached the target and `missed` more ended without, schedule `total`."""
+    n = len(steps) + missed
+    return {"all_reached": False, "n_reached": len(steps), "n_val": n, "n_running": 0, "reached": list(steps),
+            "trials": [{"params": {"total_steps": total}}] * n, "steps_mean": sum(steps) / len(steps),
+            "steps_min": min(steps), "steps_max": max(steps)}
+
+
+def test_a_seed_that_missed_the_target_bounds_the_ratio_it_enters():
+    lars = {"all_reached": True, "n_reached": 3, "n_val": 3, "n_running": 0, "reached": [109.0, 117.0, 119.0],
+            "trials": [{"params": {"total_steps": 140}}] * 3, "steps_mean": 115.0, "steps_min": 109.0,
+            "steps_max": 119.0}
+    # two SGD seeds above every LARS seed, the third never reached the target in 210 steps: still apart
+    best = {("LARS", 4096): lars, ("SGD", 4096): _partly_reached([128.0, 148.0], 1, 210)}
+    (row,) = [line for line in plot_results.ratio_lines(best) if line.startswith("| 4096")]
+    cells = row.split(" | ")
+    assert cells[3] == "> 162 (128–148; 1 of 3 > 210)"
+    assert cells[4] == f"> {(128 + 148 + 210) / 3 / 115:.2f}"        # the mean if it had reached it at 210
+    assert cells[5] == f"{128 / 119:.2f} to > {210 / 109:.2f}"
+    assert cells[6].startswith("apart (3 and 3 seeds)")
+    # a reached seed inside LARS's range: the ranges overlap whatever the missing seed needed
+    best[("SGD", 4096)] = _partly_reached([110.0, 130.0], 1, 210)
+    (row,) = [line for line in plot_results.ratio_lines(best) if line.startswith("| 4096")]
+    assert "| overlap (3 and 3 seeds) |" in row
+    # one LARS seed missing the target below SGD's: the lower bound cannot tell whether the ranges meet
+    best = {("LARS", 4096): _partly_reached([100.0, 105.0], 1, 120), ("SGD", 4096): _partly_reached([125.0], 0, 140)}
+    best[("SGD", 4096)]["all_reached"] = True
+    (row,) = [line for line in plot_results.ratio_lines(best) if line.startswith("| 4096")]
+    assert "| may overlap (3 and 1 seeds) |" in row and f"< {125 / ((100 + 105 + 120) / 3):.2f}" in row
+
+
+def test_a_best_setting_that_some_seeds_missed_is_drawn_as_the_bound_of_its_mean(tmp_path):
+    # lr 1 is best on seed 1 (reaches the target at step 200); its seed 2 ends without reaching it
+    experiment = write_grid(str(tmp_path / "logs"), [(1.0, 1, 200, True), (2.0, 1, 250, True),
+                                                     (1.0, 2, None, True)])
+    for name in os.listdir(os.path.join(experiment, "trials")):  # their schedules: 300 steps
+        if name.endswith("_param_map.json"):
+            path = os.path.join(experiment, "trials", name)
+            with open(path) as f:
+                params = json.load(f)
+            with open(path, "w") as f:
+                json.dump({**params, "total_steps": 300}, f)
+    trials = [plot_results.summarize(t) for t in plot_results.read_all([experiment])]
+    points = plot_results.target_points(plot_results.group_points(trials), TARGET)
+    fig = plot_results.fig_steps_to_target(points, TARGET, "cmd", None)
+    (ax,) = [a for a in fig.axes if a.get_ylabel()]
+    (bound,) = [line for line in ax.get_lines() if line.get_marker() == "^"]
+    (steps,) = [p["reached"][0] for p in points if p["setting_label"] == "lr=1"]
+    assert list(bound.get_xdata()) == [512] and list(bound.get_ydata()) == [pytest.approx((steps + 300) / 2)]
+    assert any(t.get_text() == f"1/2 reached in 300: mean > {(steps + 300) / 2:.0f}" for t in ax.texts)
 
 
 def test_noise_scale_at_the_target_of_each_best_setting(outputs):
