@@ -178,21 +178,27 @@ def test_a_seed_that_missed_the_target_bounds_the_ratio_it_enters():
     assert "| may overlap (3 and 1 seeds) |" in row and f"< {125 / ((100 + 105 + 120) / 3):.2f}" in row
 
 
-def test_a_best_setting_that_some_seeds_missed_is_drawn_as_the_bound_of_its_mean(tmp_path):
-    # lr 1 is best on seed 1 (reaches the target at step 200); its seed 2 ends without reaching it
-    experiment = write_grid(str(tmp_path / "logs"), [(1.0, 1, 200, True), (2.0, 1, 250, True),
-                                                     (1.0, 2, None, True)])
-    for name in os.listdir(os.path.join(experiment, "trials")):  # their schedules: 300 steps
+def _steps_figure_with_schedules(experiment, total_steps):
+    """(target points, the steps_to_target figure's axes) of a written grid whose trials log `total_steps`."""
+    for name in os.listdir(os.path.join(experiment, "trials")):
         if name.endswith("_param_map.json"):
             path = os.path.join(experiment, "trials", name)
             with open(path) as f:
                 params = json.load(f)
             with open(path, "w") as f:
-                json.dump({**params, "total_steps": 300}, f)
+                json.dump({**params, "total_steps": total_steps}, f)
     trials = [plot_results.summarize(t) for t in plot_results.read_all([experiment])]
     points = plot_results.target_points(plot_results.group_points(trials), TARGET)
     fig = plot_results.fig_steps_to_target(points, TARGET, "cmd", None)
     (ax,) = [a for a in fig.axes if a.get_ylabel()]
+    return points, ax
+
+
+def test_a_best_setting_that_some_seeds_missed_is_drawn_as_the_bound_of_its_mean(tmp_path):
+    # lr 1 is best on seed 1 (reaches the target at step 200); its seed 2 ends without reaching it
+    experiment = write_grid(str(tmp_path / "logs"), [(1.0, 1, 200, True), (2.0, 1, 250, True),
+                                                     (1.0, 2, None, True)])
+    points, ax = _steps_figure_with_schedules(experiment, 300)
     (bound,) = [line for line in ax.get_lines() if line.get_marker() == "^"]
     (steps,) = [p["reached"][0] for p in points if p["setting_label"] == "lr=1"]
     assert list(bound.get_xdata()) == [512] and list(bound.get_ydata()) == [pytest.approx((steps + 300) / 2)]
@@ -307,17 +313,7 @@ def test_a_running_trial_counts_once_it_reaches_the_target(tmp_path):
 
 def test_a_best_setting_that_never_reaches_the_target_is_drawn_as_a_lower_bound(tmp_path):
     experiment = write_grid(str(tmp_path / "logs"), [(1.0, 1, None, True), (2.0, 1, None, True)])
-    for name in os.listdir(os.path.join(experiment, "trials")):  # their schedules: 300 steps
-        if name.endswith("_param_map.json"):
-            path = os.path.join(experiment, "trials", name)
-            with open(path) as f:
-                params = json.load(f)
-            with open(path, "w") as f:
-                json.dump({**params, "total_steps": 300}, f)
-    trials = [plot_results.summarize(t) for t in plot_results.read_all([experiment])]
-    points = plot_results.target_points(plot_results.group_points(trials), TARGET)
-    fig = plot_results.fig_steps_to_target(points, TARGET, "cmd", None)
-    (ax,) = [a for a in fig.axes if a.get_ylabel()]
+    points, ax = _steps_figure_with_schedules(experiment, 300)
     bounds = [line for line in ax.get_lines() if line.get_marker() == "^"]
     assert [(list(b.get_xdata()), list(b.get_ydata())) for b in bounds] == [([512], [300])]
     assert any(t.get_text() == "not reached in 300" for t in ax.texts)
